@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# SPDX-License-Identifier: MIT
+# Installs what a fresh Debian 12 needs to build, test and demo egressd.
+# Idempotent: packages already present are skipped, apt runs only if needed.
+set -euo pipefail
+
+PKGS=(
+	build-essential cmake pkg-config
+	clang llvm libclang-rt-14-dev bpftool libbpf-dev libelf-dev zlib1g-dev
+	libssl-dev openssl libjansson-dev libc-ares-dev libnftnl-dev libmnl-dev
+	libcmocka-dev bats
+	iproute2 nftables curl socat python3 procps
+	nginx-light libnginx-mod-stream
+)
+
+missing=()
+for p in "${PKGS[@]}"; do
+	dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
+done
+[ ${#missing[@]} -eq 0 ] && exit 0
+
+if [ "$(id -u)" -ne 0 ]; then
+	echo "install-deps: need root to install: ${missing[*]}" >&2
+	exit 1
+fi
+echo "install-deps: installing ${missing[*]}"
+export DEBIAN_FRONTEND=noninteractive
+apt-get update -qq
+apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+# Debian starts nginx on install; the benchmark runs its own instance.
+if command -v systemctl >/dev/null && systemctl is-active -q nginx 2>/dev/null; then
+	systemctl stop nginx || true
+fi

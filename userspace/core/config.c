@@ -1,0 +1,344 @@
+/* SPDX-License-Identifier: MIT */
+/* Settings from the environment and flags; see config.h. */
+#include <stdio.h>
+
+#include "core/config.h"
+#include "core/log.h"
+
+#include <arpa/inet.h>
+#include <ctype.h>
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+
+enum opt_type { OPT_PORT, OPT_HOSTPORT, OPT_HOSTPORT_OFF, OPT_PATH, OPT_PHASE, OPT_HOSTLIST,
+		OPT_URL_HOSTLIST, OPT_UINT, OPT_MODE, OPT_LOGLEVEL };
+
+struct opt {
+	const char *flag;
+	const char *env;
+	const char *def;
+	enum opt_type type;
+	size_t off;
+	unsigned int min, max; /* OPT_UINT */
+	const char *help;
+};
+
+#define OFF(f) offsetof(struct egd_config_run, f)
+
+/* Order matters once: EGRESSD_INTERCEPT_HOSTS defaults to the host of
+ * UPSTREAM_BASE_URL, so the URL is read first. */
+static const struct opt opts[] = {
+	{ "listen", "EGRESSD_LISTEN", "127.0.0.1:15443", OPT_PORT, OFF(listen_port), 0, 0,
+	  "transparent TCP listener (also on [::1] at the same port)" },
+	{ "admin-listen", "EGRESSD_ADMIN_LISTEN", "127.0.0.1:15000", OPT_HOSTPORT_OFF, OFF(admin), 0,
+	  0, "/healthz, /readyz, /metrics; \"off\" disables" },
+	{ "sentinel", "EGRESSD_SENTINEL", "/tmp/egress-unlocked", OPT_PATH, OFF(sentinel), 0, 0,
+	  "present = verification phase" },
+	{ "phase", "EGRESSD_PHASE", "sentinel", OPT_PHASE, 0, 0, 0,
+	  "sentinel (follow the file), or a fixed agent|verification" },
+	{ "upstream-base-url", "UPSTREAM_BASE_URL", "https://openrouter.ai", OPT_URL_HOSTLIST,
+	  OFF(policy.intercept), 0, 0, "the LLM gateway; its host is intercepted by default" },
+	{ "intercept-hosts", "EGRESSD_INTERCEPT_HOSTS", NULL, OPT_HOSTLIST, OFF(policy.intercept), 0,
+	  0, "hosts handed to the policy proxy (default: host of UPSTREAM_BASE_URL)" },
+	{ "agent-allow", "EGRESSD_AGENT_ALLOW", "", OPT_HOSTLIST, OFF(policy.agent_allow), 0, 0,
+	  "extra hosts tunnelled in the agent phase (exact or *.suffix)" },
+	{ "intercept-upstream", "EGRESSD_INTERCEPT_UPSTREAM", "127.0.0.1:8443", OPT_HOSTPORT,
+	  OFF(intercept_upstream), 0, 0, "where intercepted flows go, untouched" },
+	{ "first-byte-ms", "EGRESSD_FIRST_BYTE_MS", "250", OPT_UINT, OFF(first_byte_ms), 1, 60000,
+	  "wait for a client's first byte before deciding without a host" },
+	{ "sniff-timeout-ms", "EGRESSD_SNIFF_TIMEOUT_MS", "5000", OPT_UINT, OFF(sniff_timeout_ms),
+	  1, 600000, "deadline for the whole ClientHello or request head" },
+	{ "connect-timeout-ms", "EGRESSD_CONNECT_TIMEOUT_MS", "10000", OPT_UINT,
+	  OFF(connect_timeout_ms), 1, 600000, "deadline for dialling a tunnel's destination" },
+	{ "idle-timeout-s", "EGRESSD_IDLE_TIMEOUT_S", "600", OPT_UINT, OFF(idle_timeout_s), 1,
+	  604800, "a tunnel with no traffic either way for this long is closed" },
+	{ "max-conns", "EGRESSD_MAX_CONNS", "8192", OPT_UINT, OFF(max_conns), 1, 1000000,
+	  "connections handled at once; more are reset" },
+	{ "pin", "EGRESSD_PIN_DIR", "/sys/fs/bpf/egressd", OPT_PATH, OFF(pin_dir), 0, 0,
+	  "where egressd attach pinned the BPF maps" },
+	{ "mode", "EGRESSD_MODE", "bpf", OPT_MODE, OFF(mode), 0, 0, "capture mode: bpf" },
+	{ "log-level", "EGRESSD_LOG_LEVEL", "info", OPT_LOGLEVEL, OFF(log_level), 0, 0,
+	  "error|warning|info|debug (diagnostics on stderr)" },
+	{ "audit-log", "EGRESSD_AUDIT_LOG", "", OPT_PATH, OFF(audit_log), 0, 0,
+	  "decision lines go here instead of stdout" },
+};
+#define N_OPTS (sizeof(opts) / sizeof(opts[0]))
+
+int egd_parse_hostport(const char *s, struct egd_addr *out)
+{
+	char host[INET6_ADDRSTRLEN + 2];
+	const char *port_s;
+	char *end;
+	unsigned long port;
+
+	memset(out, 0, sizeof(*out));
+	if (s[0] == '[') {
+		const char *rb = strchr(s, ']');
+
+		if (!rb || rb[1] != ':' || (size_t)(rb - s - 1) >= sizeof(host))
+			return -EINVAL;
+		snprintf(host, sizeof(host), "%.*s", (int)(rb - s - 1), s + 1);
+		port_s = rb + 2;
+		if (inet_pton(AF_INET6, host, out->addr) != 1)
+			return -EINVAL;
+		out->family = EGD_AF_INET6;
+	} else if (strchr(s, ':')) {
+		const char *colon = strrchr(s, ':');
+
+		if ((size_t)(colon - s) >= sizeof(host))
+			return -EINVAL;
+		snprintf(host, sizeof(host), "%.*s", (int)(colon - s), s);
+		port_s = colon + 1;
+		if (inet_pton(AF_INET, host, out->addr) != 1)
+			return -EINVAL;
+		out->family = EGD_AF_INET;
+	} else {
+		port_s = s;
+		out->family = EGD_AF_INET;
+		out->addr[0] = htonl(INADDR_LOOPBACK);
+	}
+	errno = 0;
+	port = strtoul(port_s, &end, 10);
+	if (errno || !*port_s || *end || port == 0 || port > 65535)
+		return -EINVAL;
+	out->port = htons((uint16_t)port);
+	return 0;
+}
+
+int egd_parse_ip_list(const char *s, struct egd_addr *out, int max)
+{
+	char buf[4096], *save = NULL, *tok;
+	int n = 0;
+
+	if (strlen(s) >= sizeof(buf))
+		return -EINVAL;
+	snprintf(buf, sizeof(buf), "%s", s);
+	for (tok = strtok_r(buf, ", \t", &save); tok; tok = strtok_r(NULL, ", \t", &save)) {
+		struct egd_addr a = { 0 };
+
+		if (n == max)
+			return -EINVAL;
+		if (inet_pton(AF_INET, tok, a.addr) == 1)
+			a.family = EGD_AF_INET;
+		else if (inet_pton(AF_INET6, tok, a.addr) == 1)
+			a.family = EGD_AF_INET6;
+		else
+			return -EINVAL;
+		out[n++] = a;
+	}
+	return n;
+}
+
+int egd_resolvers_from_file(const char *path, struct egd_addr *out, int max)
+{
+	char line[512];
+	FILE *f = fopen(path, "re");
+	int n = 0;
+
+	if (!f)
+		return 0;
+	while (n < max && fgets(line, sizeof(line), f)) {
+		char word[64], addr[128];
+
+		if (sscanf(line, "%63s %127s", word, addr) != 2 || strcmp(word, "nameserver"))
+			continue;
+		addr[strcspn(addr, "%")] = '\0'; /* drop a v6 zone id */
+		if (egd_parse_ip_list(addr, &out[n], 1) == 1)
+			n++;
+	}
+	fclose(f);
+	return n;
+}
+
+static int url_host(const char *url, char *host, size_t len)
+{
+	const char *p = strstr(url, "://");
+	size_t n;
+
+	p = p ? p + 3 : url;
+	n = strcspn(p, ":/?#");
+	if (n == 0 || n >= len)
+		return -EINVAL;
+	snprintf(host, len, "%.*s", (int)n, p);
+	return 0;
+}
+
+static int parse_uint(const char *s, unsigned int min, unsigned int max, unsigned int *out)
+{
+	char *end;
+	unsigned long v;
+
+	errno = 0;
+	v = strtoul(s, &end, 10);
+	if (errno || !*s || *end || v < min || v > max || s[0] == '-')
+		return -EINVAL;
+	*out = (unsigned int)v;
+	return 0;
+}
+
+static int apply(struct egd_config_run *cfg, const struct opt *o, const char *v)
+{
+	void *field = (char *)cfg + o->off;
+	char bad[300] = "";
+	struct egd_addr a;
+
+	switch (o->type) {
+	case OPT_PORT:
+		if (egd_parse_hostport(v, &a))
+			return -EINVAL;
+		/* The BPF programs send captured flows to loopback only. */
+		if (!(a.family == EGD_AF_INET && ntohl(a.addr[0]) == INADDR_LOOPBACK))
+			return -EINVAL;
+		*(uint16_t *)field = ntohs(a.port);
+		return 0;
+	case OPT_HOSTPORT_OFF:
+		if (strcmp(v, "off") == 0) {
+			memset(field, 0, sizeof(struct egd_addr));
+			return 0;
+		}
+		/* fall through */
+	case OPT_HOSTPORT:
+		return egd_parse_hostport(v, field);
+	case OPT_PATH:
+		if (strlen(v) >= PATH_MAX)
+			return -EINVAL;
+		snprintf(field, PATH_MAX, "%s", v);
+		return 0;
+	case OPT_PHASE:
+		if (strcmp(v, "sentinel") == 0) {
+			cfg->phase_source = EGD_PHASE_FROM_SENTINEL;
+		} else if (strcmp(v, "agent") == 0) {
+			cfg->phase_source = EGD_PHASE_FIXED;
+			cfg->fixed_phase = EGD_PHASE_AGENT;
+		} else if (strcmp(v, "verification") == 0) {
+			cfg->phase_source = EGD_PHASE_FIXED;
+			cfg->fixed_phase = EGD_PHASE_VERIFICATION;
+		} else {
+			return -EINVAL;
+		}
+		return 0;
+	case OPT_URL_HOSTLIST: {
+		char host[EGD_HOST_MAX];
+
+		if (url_host(v, host, sizeof(host)))
+			return -EINVAL;
+		return egd_hostlist_parse(field, host, bad, sizeof(bad));
+	}
+	case OPT_HOSTLIST:
+		if (egd_hostlist_parse(field, v, bad, sizeof(bad))) {
+			egd_err("%s: bad host pattern \"%s\"", o->env, bad);
+			return -EINVAL;
+		}
+		return 0;
+	case OPT_UINT:
+		return parse_uint(v, o->min, o->max, field);
+	case OPT_MODE:
+		if (strcmp(v, "bpf") == 0)
+			*(enum egd_mode_req *)field = EGD_MODE_BPF;
+		else
+			return -EINVAL;
+		return 0;
+	case OPT_LOGLEVEL: {
+		static const char *const lv[] = { "error", "warning", "info", "debug" };
+
+		for (int i = 0; i < 4; i++) {
+			if (strcmp(v, lv[i]) == 0) {
+				*(int *)field = i;
+				return 0;
+			}
+		}
+		return -EINVAL;
+	}
+	}
+	return -EINVAL;
+}
+
+static const char *flag_value(int argc, char **argv, const char *flag, int *err)
+{
+	size_t fl = strlen(flag);
+
+	for (int i = 0; i < argc; i++) {
+		const char *a = argv[i];
+
+		if (strncmp(a, "--", 2) || strncmp(a + 2, flag, fl))
+			continue;
+		if (a[2 + fl] == '=')
+			return a + 3 + fl;
+		if (a[2 + fl] == '\0') {
+			if (i + 1 < argc)
+				return argv[i + 1];
+			egd_err("--%s needs a value", flag);
+			*err = -EINVAL;
+		}
+	}
+	return NULL;
+}
+
+static int known_flags(int argc, char **argv)
+{
+	for (int i = 0; i < argc; i++) {
+		const char *a = argv[i];
+		int found = 0;
+
+		if (strncmp(a, "--", 2)) {
+			egd_err("unexpected argument \"%s\" (see egressd help)", a);
+			return -EINVAL;
+		}
+		for (size_t j = 0; j < N_OPTS && !found; j++) {
+			size_t fl = strlen(opts[j].flag);
+
+			if (strncmp(a + 2, opts[j].flag, fl) == 0 &&
+			    (a[2 + fl] == '\0' || a[2 + fl] == '=')) {
+				found = 1;
+				if (a[2 + fl] == '\0')
+					i++; /* its value */
+			}
+		}
+		if (!found) {
+			egd_err("unknown option %s (see egressd help)", a);
+			return -EINVAL;
+		}
+	}
+	return 0;
+}
+
+int egd_config_load(struct egd_config_run *cfg, int argc, char **argv)
+{
+	int err = known_flags(argc, argv);
+
+	if (err)
+		return err;
+	memset(cfg, 0, sizeof(*cfg));
+	for (size_t i = 0; i < N_OPTS; i++) {
+		const struct opt *o = &opts[i];
+		const char *from = "default", *v = flag_value(argc, argv, o->flag, &err);
+
+		if (err)
+			return err;
+		if (v) {
+			from = "flag";
+		} else if ((v = getenv(o->env))) {
+			from = "environment";
+		} else {
+			v = o->def;
+		}
+		if (!v)
+			continue;
+		if (apply(cfg, o, v)) {
+			egd_err("bad value \"%s\" for %s (--%s, from the %s): expected %s", v,
+				o->env, o->flag, from, o->help);
+			return -EINVAL;
+		}
+	}
+	if (cfg->policy.intercept.n == 0)
+		egd_warn("no intercept host: the policy proxy receives nothing");
+	return 0;
+}
+
+void egd_config_usage(FILE *out)
+{
+	for (size_t i = 0; i < N_OPTS; i++)
+		fprintf(out, "  --%-20s %-28s [%s]\n  %24s %s\n", opts[i].flag, opts[i].env,
+			opts[i].def ? opts[i].def : "", "", opts[i].help);
+}

@@ -1,0 +1,68 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * Configuration of the daemon. Every setting is an environment variable and
+ * the same setting as a --flag (the flag wins); the names and defaults are
+ * the contract in DESIGN.md. Bad values are refused at start with a message
+ * naming the variable, never guessed at.
+ */
+#ifndef EGD_CONFIG_H
+#define EGD_CONFIG_H
+
+#include <limits.h>
+#include <stdint.h>
+#include <stdio.h>
+
+#include "egressd.h"
+#include "egress/decide.h"
+
+enum egd_phase_source {
+	EGD_PHASE_FROM_SENTINEL = 0, /* follow EGRESSD_SENTINEL */
+	EGD_PHASE_FIXED,	     /* EGRESSD_PHASE=agent|verification */
+};
+
+enum egd_mode_req {
+	EGD_MODE_AUTO = 0,
+	EGD_MODE_BPF,
+	EGD_MODE_NFT,
+};
+
+struct egd_config_run {
+	uint16_t listen_port;		/* host order */
+	struct egd_addr admin;		/* family 0 when disabled */
+	char sentinel[PATH_MAX];
+	enum egd_phase_source phase_source;
+	enum egd_phase fixed_phase;
+	struct egd_policy policy;
+	struct egd_addr intercept_upstream;
+	unsigned int first_byte_ms;
+	unsigned int sniff_timeout_ms;
+	unsigned int connect_timeout_ms;
+	unsigned int idle_timeout_s;
+	unsigned int max_conns;
+	char pin_dir[PATH_MAX];
+	enum egd_mode_req mode;
+	int log_level;
+	char audit_log[PATH_MAX]; /* empty: stdout */
+};
+
+/*
+ * Fill @cfg from the environment and @argv (flags of the form --name=value
+ * or --name value). Unknown flags and bad values print a message naming the
+ * setting and return -EINVAL. @argv/@argc are what follows the subcommand.
+ */
+int egd_config_load(struct egd_config_run *cfg, int argc, char **argv);
+
+/* Print the settings table (flag, variable, default, meaning). */
+void egd_config_usage(FILE *out);
+
+/* Parse "ADDR:PORT", "[V6]:PORT" or "PORT" (127.0.0.1). 0 or -EINVAL. */
+int egd_parse_hostport(const char *s, struct egd_addr *out);
+
+/* Parse a comma list of IP addresses into @out (at most @max). Returns the
+ * count, or -EINVAL. */
+int egd_parse_ip_list(const char *s, struct egd_addr *out, int max);
+
+/* The nameservers of a resolv.conf-format file. Returns the count. */
+int egd_resolvers_from_file(const char *path, struct egd_addr *out, int max);
+
+#endif

@@ -1,0 +1,249 @@
+/* SPDX-License-Identifier: MIT */
+/* epoll plus a deadline heap; see loop.h. */
+#include "core/loop.h"
+#include "core/log.h"
+
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/epoll.h>
+#include <unistd.h>
+
+/* Events taken per epoll_wait(); more wait for the next turn. */
+#define LOOP_EVENTS_PER_WAIT 256
+/* Upper bound on one sleep, so the loop never misses a stop request. */
+#define LOOP_MAX_SLEEP_MS 1000
+
+struct defer {
+	egd_defer_cb cb;
+	void *arg;
+};
+
+struct egd_loop {
+	int epfd;
+	int stop;
+	struct egd_timer **heap;
+	size_t heap_len, heap_cap;
+	struct defer *defers;
+	size_t defer_len, defer_cap;
+};
+
+static void run_defers(struct egd_loop *loop);
+
+struct egd_loop *egd_loop_new(void)
+{
+	struct egd_loop *loop = calloc(1, sizeof(*loop));
+
+	if (!loop)
+		return NULL;
+	loop->epfd = epoll_create1(EPOLL_CLOEXEC);
+	if (loop->epfd < 0) {
+		int err = errno;
+
+		free(loop);
+		errno = err;
+		return NULL;
+	}
+	return loop;
+}
+
+void egd_loop_free(struct egd_loop *loop)
+{
+	if (!loop)
+		return;
+	/* Deferred work (frees of closed connections, mostly) still runs. */
+	run_defers(loop);
+	close(loop->epfd);
+	free(loop->heap);
+	free(loop->defers);
+	free(loop);
+}
+
+int egd_loop_add(struct egd_loop *loop, struct egd_watch *w, uint32_t events)
+{
+	struct epoll_event ev = { .events = events, .data.ptr = w };
+
+	return epoll_ctl(loop->epfd, EPOLL_CTL_ADD, w->fd, &ev) ? -errno : 0;
+}
+
+int egd_loop_mod(struct egd_loop *loop, struct egd_watch *w, uint32_t events)
+{
+	struct epoll_event ev = { .events = events, .data.ptr = w };
+
+	return epoll_ctl(loop->epfd, EPOLL_CTL_MOD, w->fd, &ev) ? -errno : 0;
+}
+
+void egd_loop_del(struct egd_loop *loop, struct egd_watch *w)
+{
+	if (w->fd >= 0)
+		epoll_ctl(loop->epfd, EPOLL_CTL_DEL, w->fd, NULL);
+}
+
+/* --- deadline heap (min-heap on at_ms) ------------------------------------ */
+
+static void heap_set(struct egd_loop *loop, size_t i, struct egd_timer *t)
+{
+	loop->heap[i] = t;
+	t->heap_idx = i;
+}
+
+static void heap_up(struct egd_loop *loop, size_t i)
+{
+	struct egd_timer *t = loop->heap[i];
+
+	while (i > 0) {
+		size_t parent = (i - 1) / 2;
+
+		if (loop->heap[parent]->at_ms <= t->at_ms)
+			break;
+		heap_set(loop, i, loop->heap[parent]);
+		i = parent;
+	}
+	heap_set(loop, i, t);
+}
+
+static void heap_down(struct egd_loop *loop, size_t i)
+{
+	struct egd_timer *t = loop->heap[i];
+
+	for (;;) {
+		size_t l = 2 * i + 1, r = l + 1, min = i;
+		unsigned long long min_at = t->at_ms;
+
+		if (l < loop->heap_len && loop->heap[l]->at_ms < min_at) {
+			min = l;
+			min_at = loop->heap[l]->at_ms;
+		}
+		if (r < loop->heap_len && loop->heap[r]->at_ms < min_at)
+			min = r;
+		if (min == i)
+			break;
+		heap_set(loop, i, loop->heap[min]);
+		i = min;
+	}
+	heap_set(loop, i, t);
+}
+
+void egd_timer_cancel(struct egd_loop *loop, struct egd_timer *t)
+{
+	size_t i = t->heap_idx;
+	struct egd_timer *last;
+
+	if (!t->at_ms)
+		return;
+	t->at_ms = 0;
+	last = loop->heap[--loop->heap_len];
+	if (last == t)
+		return;
+	heap_set(loop, i, last);
+	heap_up(loop, i);
+	heap_down(loop, last->heap_idx);
+}
+
+int egd_timer_arm(struct egd_loop *loop, struct egd_timer *t, unsigned long long at_ms)
+{
+	if (at_ms == 0)
+		at_ms = 1;
+	if (t->at_ms) {
+		t->at_ms = at_ms;
+		heap_up(loop, t->heap_idx);
+		heap_down(loop, t->heap_idx);
+		return 0;
+	}
+	if (loop->heap_len == loop->heap_cap) {
+		size_t cap = loop->heap_cap ? loop->heap_cap * 2 : 64;
+		struct egd_timer **h = realloc(loop->heap, cap * sizeof(*h));
+
+		if (!h)
+			return -ENOMEM;
+		loop->heap = h;
+		loop->heap_cap = cap;
+	}
+	t->at_ms = at_ms;
+	heap_set(loop, loop->heap_len++, t);
+	heap_up(loop, t->heap_idx);
+	return 0;
+}
+
+int egd_loop_defer(struct egd_loop *loop, egd_defer_cb cb, void *arg)
+{
+	if (loop->defer_len == loop->defer_cap) {
+		size_t cap = loop->defer_cap ? loop->defer_cap * 2 : 32;
+		struct defer *d = realloc(loop->defers, cap * sizeof(*d));
+
+		if (!d)
+			return -ENOMEM;
+		loop->defers = d;
+		loop->defer_cap = cap;
+	}
+	loop->defers[loop->defer_len++] = (struct defer){ cb, arg };
+	return 0;
+}
+
+static void run_timers(struct egd_loop *loop)
+{
+	unsigned long long now = egd_now_ms();
+
+	while (loop->heap_len && loop->heap[0]->at_ms <= now) {
+		struct egd_timer *t = loop->heap[0];
+
+		egd_timer_cancel(loop, t);
+		t->cb(t);
+	}
+}
+
+static void run_defers(struct egd_loop *loop)
+{
+	/* Take the current batch; callbacks may defer again for next turn. */
+	size_t n = loop->defer_len;
+	struct defer *batch;
+
+	if (!n)
+		return;
+	batch = malloc(n * sizeof(*batch));
+	if (!batch)
+		return; /* retried next turn */
+	memcpy(batch, loop->defers, n * sizeof(*batch));
+	loop->defer_len = 0;
+	for (size_t i = 0; i < n; i++)
+		batch[i].cb(batch[i].arg);
+	free(batch);
+}
+
+int egd_loop_run(struct egd_loop *loop)
+{
+	struct epoll_event evs[LOOP_EVENTS_PER_WAIT];
+
+	while (!loop->stop) {
+		int timeout = LOOP_MAX_SLEEP_MS, n;
+
+		if (loop->defer_len) {
+			timeout = 0;
+		} else if (loop->heap_len) {
+			unsigned long long now = egd_now_ms(), at = loop->heap[0]->at_ms;
+
+			timeout = at <= now ? 0 : (at - now < LOOP_MAX_SLEEP_MS ? (int)(at - now) :
+										   LOOP_MAX_SLEEP_MS);
+		}
+		n = epoll_wait(loop->epfd, evs, LOOP_EVENTS_PER_WAIT, timeout);
+		if (n < 0) {
+			if (errno == EINTR)
+				continue;
+			egd_err("epoll_wait: %s", strerror(errno));
+			return -errno;
+		}
+		for (int i = 0; i < n; i++) {
+			struct egd_watch *w = evs[i].data.ptr;
+
+			w->cb(w, evs[i].events);
+		}
+		run_defers(loop);
+		run_timers(loop);
+	}
+	return 0;
+}
+
+void egd_loop_stop(struct egd_loop *loop)
+{
+	loop->stop = 1;
+}

@@ -1,0 +1,53 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * The event loop: epoll for readiness, a binary heap for deadlines. It knows
+ * nothing about policy. Each watched fd is an egd_watch embedded in its
+ * owner; each deadline an egd_timer. Callbacks may free their owner, as long
+ * as they remove its watches and timers first.
+ */
+#ifndef EGD_LOOP_H
+#define EGD_LOOP_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+struct egd_loop;
+struct egd_watch;
+struct egd_timer;
+
+typedef void (*egd_watch_cb)(struct egd_watch *w, uint32_t events);
+typedef void (*egd_timer_cb)(struct egd_timer *t);
+
+struct egd_watch {
+	int fd;
+	egd_watch_cb cb;
+};
+
+struct egd_timer {
+	unsigned long long at_ms; /* monotonic; 0 when not armed */
+	size_t heap_idx;
+	egd_timer_cb cb;
+};
+
+struct egd_loop *egd_loop_new(void);
+void egd_loop_free(struct egd_loop *loop);
+
+/* Watch @w->fd for @events (EPOLLIN, EPOLLOUT, EPOLLET, ...). */
+int egd_loop_add(struct egd_loop *loop, struct egd_watch *w, uint32_t events);
+int egd_loop_mod(struct egd_loop *loop, struct egd_watch *w, uint32_t events);
+void egd_loop_del(struct egd_loop *loop, struct egd_watch *w);
+
+/* Arm (or re-arm) @t to fire at monotonic @at_ms. */
+int egd_timer_arm(struct egd_loop *loop, struct egd_timer *t, unsigned long long at_ms);
+void egd_timer_cancel(struct egd_loop *loop, struct egd_timer *t);
+
+/* Callbacks to run on the next iteration without waiting for readiness
+ * (used to yield a busy connection so that others get a turn). */
+typedef void (*egd_defer_cb)(void *arg);
+int egd_loop_defer(struct egd_loop *loop, egd_defer_cb cb, void *arg);
+
+/* Run until egd_loop_stop(). Returns 0, or -errno if epoll fails. */
+int egd_loop_run(struct egd_loop *loop);
+void egd_loop_stop(struct egd_loop *loop);
+
+#endif

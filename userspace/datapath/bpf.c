@@ -1,0 +1,460 @@
+/* SPDX-License-Identifier: MIT */
+/* Load, attach, pin and open the BPF datapath; see bpf.h. */
+#include "datapath/bpf.h"
+#include "datapath/cgroup.h"
+#include "core/log.h"
+#include "egressd.skel.h"
+
+#include <arpa/inet.h>
+#include <bpf/bpf.h>
+#include <dirent.h>
+#include <bpf/libbpf.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mount.h>
+#include <sys/stat.h>
+#include <sys/vfs.h>
+#include <unistd.h>
+
+#define BPF_FS_MAGIC_NUMBER 0xcafe4a11
+
+static const char *const map_names[] = {
+	"phase_map", "config_map", "exempt_map", "resolver_map",
+	"counters",  "orig_by_tuple", "sockhash",
+};
+#define N_MAPS (sizeof(map_names) / sizeof(map_names[0]))
+
+const char *egd_counter_name(enum egd_counter c)
+{
+	static const char *const names[EGD_CNT_MAX] = {
+		[EGD_CNT_TCP_REDIRECTED] = "tcp_redirected",
+		[EGD_CNT_TCP_LOOPBACK] = "tcp_loopback",
+		[EGD_CNT_EXEMPT] = "exempt",
+		[EGD_CNT_UDP_ALLOWED_DNS] = "udp_allowed_dns",
+		[EGD_CNT_UDP_ALLOWED_VERIFICATION] = "udp_allowed_verification",
+		[EGD_CNT_UDP_ALLOWED_LOOPBACK] = "udp_allowed_loopback",
+		[EGD_CNT_UDP_DENIED] = "udp_denied",
+		[EGD_CNT_SOCK_DENIED] = "socket_denied",
+		[EGD_CNT_OTHER_DENIED] = "other_proto_denied",
+		[EGD_CNT_ORIG_RECORD_FAILED] = "record_failed",
+	};
+
+	return c < EGD_CNT_MAX && names[c] ? names[c] : "?";
+}
+
+static int is_bpffs(const char *path)
+{
+	struct statfs st;
+
+	return statfs(path, &st) == 0 && (unsigned long)st.f_type == BPF_FS_MAGIC_NUMBER;
+}
+
+int egd_bpffs_ensure(const char *pin_dir)
+{
+	char parent[PATH_MAX];
+	char *slash;
+
+	snprintf(parent, sizeof(parent), "%s", pin_dir);
+	/* Walk up to the deepest directory that exists. */
+	while (access(parent, F_OK) != 0) {
+		slash = strrchr(parent, '/');
+		if (!slash || slash == parent)
+			break;
+		*slash = '\0';
+	}
+	if (is_bpffs(parent))
+		return 0;
+	if (strncmp(pin_dir, "/sys/fs/bpf/", 12) == 0 && !is_bpffs("/sys/fs/bpf")) {
+		if (mount("bpf", "/sys/fs/bpf", "bpf", 0, "mode=0700")) {
+			egd_err("mounting bpffs on /sys/fs/bpf: %s", strerror(errno));
+			return -errno;
+		}
+		egd_info("mounted bpffs on /sys/fs/bpf");
+		return 0;
+	}
+	egd_err("%s is not on a bpf filesystem (mount -t bpf bpf DIR)", parent);
+	return -ENOTSUP;
+}
+
+static int mkdirs(const char *path, mode_t mode)
+{
+	char buf[PATH_MAX];
+
+	snprintf(buf, sizeof(buf), "%s", path);
+	for (char *p = buf + 1; *p; p++) {
+		if (*p != '/')
+			continue;
+		*p = '\0';
+		if (mkdir(buf, mode) && errno != EEXIST)
+			return -errno;
+		*p = '/';
+	}
+	if (mkdir(buf, mode) && errno != EEXIST)
+		return -errno;
+	return 0;
+}
+
+static int pin_path(char *buf, size_t len, const char *dir, const char *kind, const char *name)
+{
+	int n = snprintf(buf, len, "%s/%s/%s", dir, kind, name);
+
+	return n < 0 || (size_t)n >= len ? -ENAMETOOLONG : 0;
+}
+
+/* Every program with its link, in attach order. sk_msg is not a cgroup
+ * program and is handled apart. */
+static int attach_cgroup_progs(struct egressd *skel, int cg_fd, const char *pin_dir)
+{
+	struct bpf_program *progs[] = {
+		skel->progs.egd_sock_create, skel->progs.egd_connect4,	  skel->progs.egd_connect6,
+		skel->progs.egd_sendmsg4,    skel->progs.egd_sendmsg6,	  skel->progs.egd_getpeername4,
+		skel->progs.egd_getpeername6, skel->progs.egd_sockops,
+	};
+	char path[PATH_MAX];
+
+	for (size_t i = 0; i < sizeof(progs) / sizeof(progs[0]); i++) {
+		const char *name = bpf_program__name(progs[i]);
+		struct bpf_link *link = bpf_program__attach_cgroup(progs[i], cg_fd);
+		int err;
+
+		if (!link) {
+			err = -errno;
+			egd_err("attaching %s: %s", name, strerror(-err));
+			return err;
+		}
+		err = pin_path(path, sizeof(path), pin_dir, "links", name);
+		if (!err)
+			err = bpf_link__pin(link, path);
+		bpf_link__destroy(link); /* the pin keeps it attached */
+		if (err) {
+			egd_err("pinning link %s at %s: %s", name, path, strerror(-err));
+			return err;
+		}
+	}
+	return 0;
+}
+
+static int write_initial_state(struct egressd *skel, const struct egd_attach_opts *o)
+{
+	__u32 zero = 0, agent = EGD_PHASE_AGENT;
+	struct egd_config cfg = {
+		.listen_port = htons(EGD_DEFAULT_LISTEN_PORT),
+		.flags = o->accel ? EGD_CFG_ACCEL : 0,
+	};
+	char self[PATH_MAX];
+	__u8 one = 1;
+	int err;
+
+	if (egd_cgroup_of_pid(0, self, sizeof(self)) == 0) {
+		uint64_t id;
+
+		if (egd_cgroup_id(self, &id) == 0)
+			cfg.daemon_cgroup_id = id;
+	}
+	err = bpf_map__update_elem(skel->maps.phase_map, &zero, sizeof(zero), &agent,
+				   sizeof(agent), BPF_ANY);
+	if (!err)
+		err = bpf_map__update_elem(skel->maps.config_map, &zero, sizeof(zero), &cfg,
+					   sizeof(cfg), BPF_ANY);
+	for (size_t i = 0; !err && i < o->n_exempt; i++) {
+		uint64_t id;
+
+		err = egd_cgroup_id(o->exempt[i], &id);
+		if (err) {
+			egd_err("exempt cgroup %s: %s", o->exempt[i], strerror(-err));
+			return err;
+		}
+		err = bpf_map__update_elem(skel->maps.exempt_map, &id, sizeof(id), &one,
+					   sizeof(one), BPF_ANY);
+	}
+	for (size_t i = 0; !err && i < o->n_resolvers; i++) {
+		struct egd_addr a = o->resolvers[i];
+
+		a.port = 0;
+		err = bpf_map__update_elem(skel->maps.resolver_map, &a, sizeof(a), &one,
+					   sizeof(one), BPF_ANY);
+	}
+	if (err)
+		egd_err("writing initial map state: %s", strerror(-err));
+	return err;
+}
+
+int egd_bpf_attach(const struct egd_attach_opts *o)
+{
+	struct egressd *skel = NULL;
+	char path[PATH_MAX];
+	struct bpf_map *map;
+	int cg_fd = -1, err;
+
+	if (o->n_resolvers > EGD_RESOLVERS_MAX_ENTRIES || o->n_exempt > EGD_EXEMPT_MAX_ENTRIES)
+		return -E2BIG;
+	err = pin_path(path, sizeof(path), o->pin_dir, "links", "egd_connect4");
+	if (err)
+		return err;
+	if (access(path, F_OK) == 0) {
+		egd_err("already attached at %s (egressd detach --pin %s first)", o->pin_dir,
+			o->pin_dir);
+		return -EEXIST;
+	}
+	err = egd_bpffs_ensure(o->pin_dir);
+	if (err)
+		return err;
+
+	cg_fd = open(o->cgroup, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	if (cg_fd < 0) {
+		err = -errno;
+		egd_err("cgroup %s: %s", o->cgroup, strerror(-err));
+		return err;
+	}
+
+	skel = egressd__open();
+	if (!skel) {
+		err = -errno;
+		egd_err("opening BPF object: %s", strerror(-err));
+		goto err_close_cg;
+	}
+	skel->rodata->accel_enabled = o->accel ? 1 : 0;
+	if (!o->accel)
+		bpf_program__set_autoload(skel->progs.egd_sk_msg, false);
+	err = egressd__load(skel);
+	if (err) {
+		egd_err("loading BPF programs: %s (needs root or CAP_BPF+CAP_NET_ADMIN, and a "
+			"kernel with BTF)",
+			strerror(-err));
+		goto err_destroy;
+	}
+
+	char sub[PATH_MAX];
+	const char *kinds[] = { "maps", "links", "prog" };
+
+	for (size_t i = 0; i < 3; i++) {
+		snprintf(sub, sizeof(sub), "%s/%s", o->pin_dir, kinds[i]);
+		err = mkdirs(sub, 0700);
+		if (err) {
+			egd_err("creating %s: %s", sub, strerror(-err));
+			goto err_destroy;
+		}
+	}
+	bpf_object__for_each_map(map, skel->obj)
+	{
+		const char *name = bpf_map__name(map);
+
+		if (strchr(name, '.')) /* .rodata and friends are not shared state */
+			continue;
+		err = pin_path(path, sizeof(path), o->pin_dir, "maps", name);
+		if (!err)
+			err = bpf_map__pin(map, path);
+		if (err) {
+			egd_err("pinning map %s: %s", name, strerror(-err));
+			goto err_unpin;
+		}
+	}
+	err = write_initial_state(skel, o);
+	if (err)
+		goto err_unpin;
+	if (o->accel) {
+		err = bpf_prog_attach(bpf_program__fd(skel->progs.egd_sk_msg),
+				      bpf_map__fd(skel->maps.sockhash), BPF_SK_MSG_VERDICT, 0);
+		if (err) {
+			err = -errno;
+			egd_err("attaching sk_msg to sockhash: %s", strerror(-err));
+			goto err_unpin;
+		}
+		pin_path(path, sizeof(path), o->pin_dir, "prog", "egd_sk_msg");
+		bpf_program__pin(skel->progs.egd_sk_msg, path);
+	}
+	err = attach_cgroup_progs(skel, cg_fd, o->pin_dir);
+	if (err)
+		goto err_unpin;
+
+	egressd__destroy(skel);
+	close(cg_fd);
+	egd_info("attached to %s, pinned under %s%s", o->cgroup, o->pin_dir,
+		 o->accel ? " (sk_msg fast path on)" : "");
+	return 0;
+
+err_unpin:
+	egd_bpf_detach(o->pin_dir);
+err_destroy:
+	egressd__destroy(skel);
+err_close_cg:
+	close(cg_fd);
+	return err;
+}
+
+static void unlink_dir(const char *dir, const char *kind)
+{
+	char sub[PATH_MAX], path[PATH_MAX + 256];
+	struct dirent *de;
+	DIR *d;
+
+	snprintf(sub, sizeof(sub), "%s/%s", dir, kind);
+	d = opendir(sub);
+	if (!d)
+		return;
+	while ((de = readdir(d))) {
+		if (de->d_name[0] == '.')
+			continue;
+		if ((size_t)snprintf(path, sizeof(path), "%s/%s", sub, de->d_name) >= sizeof(path))
+			continue;
+		if (unlink(path))
+			egd_warn("removing %s: %s", path, strerror(errno));
+	}
+	closedir(d);
+	rmdir(sub);
+}
+
+int egd_bpf_detach(const char *pin_dir)
+{
+	char path[PATH_MAX];
+
+	snprintf(path, sizeof(path), "%s/maps", pin_dir);
+	if (access(pin_dir, F_OK)) {
+		egd_err("nothing attached at %s", pin_dir);
+		return -ENOENT;
+	}
+	/* Links first: once they are gone nothing new is captured. */
+	unlink_dir(pin_dir, "links");
+	unlink_dir(pin_dir, "prog");
+	unlink_dir(pin_dir, "maps");
+	if (rmdir(pin_dir) && errno != ENOENT)
+		egd_warn("removing %s: %s", pin_dir, strerror(errno));
+	return 0;
+}
+
+int egd_bpf_open(struct egd_bpf *b, const char *pin_dir)
+{
+	int *fds[N_MAPS] = { &b->phase_fd,    &b->config_fd, &b->exempt_fd, &b->resolver_fd,
+			     &b->counters_fd, &b->orig_fd,   &b->sockhash_fd };
+	char path[PATH_MAX];
+
+	for (size_t i = 0; i < N_MAPS; i++)
+		*fds[i] = -1;
+	snprintf(b->pin_dir, sizeof(b->pin_dir), "%s", pin_dir);
+	for (size_t i = 0; i < N_MAPS; i++) {
+		int err = pin_path(path, sizeof(path), pin_dir, "maps", map_names[i]);
+
+		if (!err) {
+			*fds[i] = bpf_obj_get(path);
+			if (*fds[i] < 0)
+				err = -errno;
+		}
+		if (err) {
+			if (err == -ENOENT)
+				egd_err("no egressd attachment at %s (run egressd attach first)",
+					pin_dir);
+			else
+				egd_err("opening %s: %s", path, strerror(-err));
+			egd_bpf_close(b);
+			return err;
+		}
+	}
+	return 0;
+}
+
+void egd_bpf_close(struct egd_bpf *b)
+{
+	int *fds[N_MAPS] = { &b->phase_fd,    &b->config_fd, &b->exempt_fd, &b->resolver_fd,
+			     &b->counters_fd, &b->orig_fd,   &b->sockhash_fd };
+
+	if (!b)
+		return;
+	for (size_t i = 0; i < N_MAPS; i++) {
+		if (*fds[i] >= 0)
+			close(*fds[i]);
+		*fds[i] = -1;
+	}
+}
+
+int egd_bpf_attached(const struct egd_bpf *b)
+{
+	char path[PATH_MAX];
+
+	if (pin_path(path, sizeof(path), b->pin_dir, "links", "egd_connect4"))
+		return 0;
+	return access(path, F_OK) == 0;
+}
+
+int egd_bpf_set_phase(struct egd_bpf *b, enum egd_phase phase)
+{
+	__u32 zero = 0, v = phase;
+
+	return bpf_map_update_elem(b->phase_fd, &zero, &v, BPF_ANY) ? -errno : 0;
+}
+
+int egd_bpf_get_phase(struct egd_bpf *b, enum egd_phase *phase)
+{
+	__u32 zero = 0, v = 0;
+
+	if (bpf_map_lookup_elem(b->phase_fd, &zero, &v))
+		return -errno;
+	*phase = v == EGD_PHASE_VERIFICATION ? EGD_PHASE_VERIFICATION : EGD_PHASE_AGENT;
+	return 0;
+}
+
+int egd_bpf_exempt_add(struct egd_bpf *b, uint64_t cgroup_id)
+{
+	__u8 one = 1;
+
+	return bpf_map_update_elem(b->exempt_fd, &cgroup_id, &one, BPF_ANY) ? -errno : 0;
+}
+
+int egd_bpf_get_config(struct egd_bpf *b, struct egd_config *cfg)
+{
+	__u32 zero = 0;
+
+	return bpf_map_lookup_elem(b->config_fd, &zero, cfg) ? -errno : 0;
+}
+
+int egd_bpf_set_config(struct egd_bpf *b, const struct egd_config *cfg)
+{
+	__u32 zero = 0;
+
+	return bpf_map_update_elem(b->config_fd, &zero, cfg, BPF_ANY) ? -errno : 0;
+}
+
+int egd_bpf_counters(struct egd_bpf *b, uint64_t out[EGD_CNT_MAX])
+{
+	int ncpu = libbpf_num_possible_cpus();
+	__u64 *vals;
+
+	if (ncpu <= 0)
+		return -EINVAL;
+	vals = calloc((size_t)ncpu, sizeof(*vals));
+	if (!vals)
+		return -ENOMEM;
+	for (__u32 i = 0; i < EGD_CNT_MAX; i++) {
+		out[i] = 0;
+		if (bpf_map_lookup_elem(b->counters_fd, &i, vals))
+			continue;
+		for (int c = 0; c < ncpu; c++)
+			out[i] += vals[c];
+	}
+	free(vals);
+	return 0;
+}
+
+int egd_bpf_orig_take(struct egd_bpf *b, const struct egd_tuple *t, struct egd_orig *out)
+{
+	if (bpf_map_lookup_and_delete_elem(b->orig_fd, t, out) == 0)
+		return 0;
+	/* Older kernels lack lookup-and-delete on hash maps. */
+	if (errno == EINVAL || errno == 524 /* ENOTSUPP */ || errno == EOPNOTSUPP) {
+		if (bpf_map_lookup_elem(b->orig_fd, t, out))
+			return -errno;
+		bpf_map_delete_elem(b->orig_fd, t);
+		return 0;
+	}
+	return -errno;
+}
+
+int egd_bpf_sockhash_add(struct egd_bpf *b, const struct egd_tuple *t, int fd)
+{
+	__u64 v = (__u64)fd;
+
+	return bpf_map_update_elem(b->sockhash_fd, t, &v, BPF_ANY) ? -errno : 0;
+}

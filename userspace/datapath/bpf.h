@@ -1,0 +1,63 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * The BPF datapath from userspace: load and attach the programs to a
+ * cgroup and pin them (egressd attach), undo it (egressd detach), and open
+ * the pinned maps for the daemon (egressd run, status, phase).
+ *
+ * Pin layout under DIR: maps/<map name>, links/<program name>, and, for the
+ * sk_msg fast path, the program itself at prog/egd_sk_msg.
+ */
+#ifndef EGD_BPF_H
+#define EGD_BPF_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "egressd.h"
+
+#define EGD_DEFAULT_PIN_DIR "/sys/fs/bpf/egressd"
+
+struct egd_attach_opts {
+	const char *cgroup;		 /* cgroup v2 directory to attach to */
+	const char *const *exempt;	 /* cgroup directories never captured */
+	size_t n_exempt;
+	const char *pin_dir;
+	int accel;			 /* load the sk_msg fast path */
+	const struct egd_addr *resolvers; /* port ignored */
+	size_t n_resolvers;
+};
+
+int egd_bpf_attach(const struct egd_attach_opts *opts);
+int egd_bpf_detach(const char *pin_dir);
+
+struct egd_bpf {
+	int phase_fd, config_fd, exempt_fd, resolver_fd, counters_fd, orig_fd, sockhash_fd;
+	char pin_dir[256];
+};
+
+/* Open the pinned maps. Returns 0, -ENOENT when nothing is attached there. */
+int egd_bpf_open(struct egd_bpf *b, const char *pin_dir);
+void egd_bpf_close(struct egd_bpf *b);
+
+/* Whether the program links are still pinned (attach done, no detach). */
+int egd_bpf_attached(const struct egd_bpf *b);
+
+int egd_bpf_set_phase(struct egd_bpf *b, enum egd_phase phase);
+int egd_bpf_get_phase(struct egd_bpf *b, enum egd_phase *phase);
+int egd_bpf_exempt_add(struct egd_bpf *b, uint64_t cgroup_id);
+int egd_bpf_get_config(struct egd_bpf *b, struct egd_config *cfg);
+int egd_bpf_set_config(struct egd_bpf *b, const struct egd_config *cfg);
+/* Sum the per-CPU kernel counters into @out. */
+int egd_bpf_counters(struct egd_bpf *b, uint64_t out[EGD_CNT_MAX]);
+/* Look up and delete the record of one accepted connection. */
+int egd_bpf_orig_take(struct egd_bpf *b, const struct egd_tuple *t, struct egd_orig *out);
+/* Put the daemon's end of a captured connection in the fast-path map. */
+int egd_bpf_sockhash_add(struct egd_bpf *b, const struct egd_tuple *t, int fd);
+
+const char *egd_counter_name(enum egd_counter c);
+
+/* Make sure @pin_dir can live on a bpffs: mounts /sys/fs/bpf if it is the
+ * default location and nothing is mounted there yet. */
+int egd_bpffs_ensure(const char *pin_dir);
+
+#endif

@@ -1,0 +1,258 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * The admin endpoint: /healthz (the loop is alive), /readyz (attached and
+ * listening, so the agent is both captured and served) and /metrics in the
+ * Prometheus text format. One short request per connection; anything slow
+ * or large is dropped.
+ */
+#include "egress/daemon.h"
+#include "core/log.h"
+
+#include <errno.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/epoll.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+/* A request head must fit here; admin clients send a few dozen bytes. */
+#define ADMIN_REQUEST_MAX_BYTES 4096
+#define ADMIN_TIMEOUT_MS 5000
+
+struct admin_conn {
+	struct egd_watch w;
+	struct egd_timer t;
+	struct egd_daemon *d;
+	size_t len;
+	char buf[ADMIN_REQUEST_MAX_BYTES];
+};
+
+struct sbuf {
+	char *p;
+	size_t len, cap;
+};
+
+static void sb_printf(struct sbuf *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static void sb_printf(struct sbuf *b, const char *fmt, ...)
+{
+	va_list ap;
+	int n;
+
+	for (;;) {
+		va_start(ap, fmt);
+		n = vsnprintf(b->p ? b->p + b->len : NULL, b->p ? b->cap - b->len : 0, fmt, ap);
+		va_end(ap);
+		if (n < 0)
+			return;
+		if (b->p && b->len + (size_t)n < b->cap) {
+			b->len += (size_t)n;
+			return;
+		}
+		size_t cap = (b->cap ? b->cap * 2 : 8192) + (size_t)n;
+		char *np = realloc(b->p, cap);
+
+		if (!np)
+			return;
+		b->p = np;
+		b->cap = cap;
+	}
+}
+
+int egd_daemon_ready(const struct egd_daemon *d)
+{
+	if (!d->listening)
+		return 0;
+	if (d->capture == EGD_CAPTURE_BPF)
+		return egd_bpf_attached(&d->bpf);
+	return 1;
+}
+
+static void render_metrics(struct egd_daemon *d, struct sbuf *b)
+{
+	const struct egd_metrics *m = &d->m;
+	uint64_t k[EGD_CNT_MAX];
+
+	sb_printf(b, "# HELP egressd_connections_total Captured TCP connections by verdict and reason.\n"
+		     "# TYPE egressd_connections_total counter\n");
+	for (int v = 0; v < EGD_VERDICT_MAX; v++)
+		for (int r = 0; r < EGD_REASON_MAX; r++)
+			if (m->conns[v][r])
+				sb_printf(b,
+					  "egressd_connections_total{verdict=\"%s\",reason=\"%s\"} "
+					  "%llu\n",
+					  egd_verdict_name(v), egd_reason_name(r),
+					  (unsigned long long)m->conns[v][r]);
+	sb_printf(b,
+		  "# HELP egressd_bytes_total Bytes relayed, up = agent to destination.\n"
+		  "# TYPE egressd_bytes_total counter\n"
+		  "egressd_bytes_total{direction=\"up\"} %llu\n"
+		  "egressd_bytes_total{direction=\"down\"} %llu\n",
+		  (unsigned long long)m->bytes_up, (unsigned long long)m->bytes_down);
+	sb_printf(b,
+		  "# HELP egressd_open_tunnels Tunnels and intercepted flows open now.\n"
+		  "# TYPE egressd_open_tunnels gauge\negressd_open_tunnels %llu\n",
+		  (unsigned long long)m->open_tunnels);
+	sb_printf(b,
+		  "# HELP egressd_phase 0 = agent, 1 = verification.\n"
+		  "# TYPE egressd_phase gauge\negressd_phase %d\n"
+		  "# HELP egressd_phase_changes_total Phase flips seen.\n"
+		  "# TYPE egressd_phase_changes_total counter\negressd_phase_changes_total %llu\n",
+		  d->phase, (unsigned long long)m->phase_changes);
+	sb_printf(b,
+		  "# HELP egressd_tunnel_events_total Tunnels that ended other than by EOF.\n"
+		  "# TYPE egressd_tunnel_events_total counter\n"
+		  "egressd_tunnel_events_total{event=\"connect_failed\"} %llu\n"
+		  "egressd_tunnel_events_total{event=\"reset\"} %llu\n"
+		  "egressd_tunnel_events_total{event=\"idle_timeout\"} %llu\n"
+		  "egressd_tunnel_events_total{event=\"phase_change\"} %llu\n",
+		  (unsigned long long)m->tunnel_errors_connect,
+		  (unsigned long long)m->tunnel_errors_reset,
+		  (unsigned long long)m->tunnel_closed_idle,
+		  (unsigned long long)m->tunnel_closed_phase);
+	sb_printf(b,
+		  "# HELP egressd_sniff_timeouts_total Clients that started a hello and "
+		  "never finished it.\n"
+		  "# TYPE egressd_sniff_timeouts_total counter\negressd_sniff_timeouts_total %llu\n"
+		  "# HELP egressd_overload_resets_total Connections reset at EGRESSD_MAX_CONNS.\n"
+		  "# TYPE egressd_overload_resets_total counter\n"
+		  "egressd_overload_resets_total %llu\n",
+		  (unsigned long long)m->sniff_timeouts, (unsigned long long)m->overload_resets);
+	sb_printf(b, "# HELP egressd_ready 1 when attached and listening.\n"
+		     "# TYPE egressd_ready gauge\negressd_ready %d\n",
+		  egd_daemon_ready(d));
+	if (d->capture == EGD_CAPTURE_BPF && egd_bpf_counters(&d->bpf, k) == 0) {
+		sb_printf(b, "# HELP egressd_kernel_events_total Decisions taken in the "
+			     "kernel by the cgroup programs.\n"
+			     "# TYPE egressd_kernel_events_total counter\n");
+		for (int i = 0; i < EGD_CNT_MAX; i++)
+			sb_printf(b, "egressd_kernel_events_total{event=\"%s\"} %llu\n",
+				  egd_counter_name(i), (unsigned long long)k[i]);
+	}
+}
+
+static void admin_close(struct admin_conn *a)
+{
+	egd_timer_cancel(a->d->loop, &a->t);
+	egd_loop_del(a->d->loop, &a->w);
+	close(a->w.fd);
+	free(a);
+}
+
+static void respond(struct admin_conn *a, int status, const char *ctype, const char *body,
+		    size_t len)
+{
+	char head[256];
+	const char *text = status == 200 ? "OK" :
+			   status == 404 ? "Not Found" :
+			   status == 405 ? "Method Not Allowed" :
+			   status == 503 ? "Service Unavailable" : "Bad Request";
+	int n = snprintf(head, sizeof(head),
+			 "HTTP/1.1 %d %s\r\nContent-Type: %s\r\nContent-Length: %zu\r\n"
+			 "Connection: close\r\n\r\n",
+			 status, text, ctype, len);
+	struct iovec iov[2] = { { head, (size_t)n }, { (void *)body, len } };
+	struct msghdr mh = { .msg_iov = iov, .msg_iovlen = 2 };
+
+	/* The reply fits the socket buffer of a fresh connection. */
+	if (sendmsg(a->w.fd, &mh, MSG_NOSIGNAL) < 0)
+		egd_debug("admin reply: %s", strerror(errno));
+	admin_close(a);
+}
+
+static void handle(struct admin_conn *a)
+{
+	char method[16], path[256];
+	struct sbuf b = { 0 };
+
+	if (sscanf(a->buf, "%15s %255s", method, path) != 2) {
+		respond(a, 400, "text/plain", "bad request\n", 12);
+		return;
+	}
+	path[strcspn(path, "?")] = '\0';
+	if (strcmp(method, "GET") && strcmp(method, "HEAD")) {
+		respond(a, 405, "text/plain", "GET only\n", 9);
+	} else if (strcmp(path, "/healthz") == 0) {
+		respond(a, 200, "text/plain", "ok\n", 3);
+	} else if (strcmp(path, "/readyz") == 0) {
+		if (egd_daemon_ready(a->d))
+			respond(a, 200, "text/plain", "ready\n", 6);
+		else
+			respond(a, 503, "text/plain", "not ready\n", 10);
+	} else if (strcmp(path, "/metrics") == 0) {
+		render_metrics(a->d, &b);
+		respond(a, 200, "text/plain; version=0.0.4", b.p ? b.p : "", b.len);
+		free(b.p);
+	} else {
+		respond(a, 404, "text/plain", "not found\n", 10);
+	}
+}
+
+static void on_admin_conn(struct egd_watch *w, uint32_t events)
+{
+	struct admin_conn *a = (struct admin_conn *)w;
+
+	(void)events;
+	for (;;) {
+		ssize_t n = recv(w->fd, a->buf + a->len, sizeof(a->buf) - 1 - a->len, 0);
+
+		if (n > 0) {
+			a->len += (size_t)n;
+			a->buf[a->len] = '\0';
+			if (strstr(a->buf, "\r\n\r\n") || strstr(a->buf, "\n\n")) {
+				handle(a);
+				return;
+			}
+			if (a->len == sizeof(a->buf) - 1) {
+				respond(a, 400, "text/plain", "request too large\n", 18);
+				return;
+			}
+			continue;
+		}
+		if (n < 0 && errno == EAGAIN)
+			return;
+		admin_close(a);
+		return;
+	}
+}
+
+static void on_admin_timeout(struct egd_timer *t)
+{
+	admin_close((struct admin_conn *)((char *)t - offsetof(struct admin_conn, t)));
+}
+
+static void on_admin_accept(struct egd_watch *w, uint32_t events)
+{
+	struct egd_daemon *d = (struct egd_daemon *)((char *)w - offsetof(struct egd_daemon, admin));
+
+	(void)events;
+	for (;;) {
+		int fd = accept4(w->fd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
+		struct admin_conn *a;
+
+		if (fd < 0)
+			return;
+		a = calloc(1, sizeof(*a));
+		if (!a) {
+			close(fd);
+			continue;
+		}
+		a->d = d;
+		a->w.fd = fd;
+		a->w.cb = on_admin_conn;
+		a->t.cb = on_admin_timeout;
+		if (egd_loop_add(d->loop, &a->w, EPOLLIN | EPOLLET)) {
+			close(fd);
+			free(a);
+			continue;
+		}
+		egd_timer_arm(d->loop, &a->t, egd_now_ms() + ADMIN_TIMEOUT_MS);
+	}
+}
+
+int egd_admin_start(struct egd_daemon *d)
+{
+	d->admin.cb = on_admin_accept;
+	return egd_loop_add(d->loop, &d->admin, EPOLLIN | EPOLLET);
+}

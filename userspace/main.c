@@ -1,0 +1,419 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * egressd: the command line. Each subcommand is a thin layer over the
+ * datapath (attach, detach, phase, status), the daemon (run) or both
+ * (exec, the local mode).
+ */
+#include "core/config.h"
+#include "core/log.h"
+#include "datapath/bpf.h"
+#include "datapath/cgroup.h"
+#include "egress/daemon.h"
+
+#include <arpa/inet.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <getopt.h>
+#include <poll.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+/* How long exec waits for its daemon to listen before giving up. */
+#define EXEC_READY_TIMEOUT_MS 10000
+#define EGD_VERSION "0.1.0"
+
+static void usage(FILE *out)
+{
+	fprintf(out,
+		"egressd " EGD_VERSION " - egress enforcement for agent sandboxes\n\n"
+		"usage:\n"
+		"  egressd attach --cgroup PATH [--exempt-cgroup PATH]... [--pin DIR]\n"
+		"                 [--accel on|off] [--resolvers IP,...]\n"
+		"  egressd detach [--pin DIR]\n"
+		"  egressd run [SETTINGS]\n"
+		"  egressd exec [--phase agent|verification] [SETTINGS] -- CMD [ARG]...\n"
+		"  egressd phase [--pin DIR]\n"
+		"  egressd status [--pin DIR]\n\n"
+		"settings (flag, environment variable, [default]):\n");
+	egd_config_usage(out);
+	fprintf(out, "\nattach also reads EGRESSD_RESOLVERS (default: nameservers of "
+		     "/etc/resolv.conf).\n");
+}
+
+static int resolvers_from_env(const char *spec, struct egd_addr *out, int max)
+{
+	int n;
+
+	if (spec) {
+		n = egd_parse_ip_list(spec, out, max);
+		if (n < 0)
+			egd_err("bad EGRESSD_RESOLVERS \"%s\": expected IP addresses, comma "
+				"separated (at most %d)",
+				spec, max);
+		return n;
+	}
+	return egd_resolvers_from_file("/etc/resolv.conf", out, max);
+}
+
+static int cmd_attach(int argc, char **argv)
+{
+	static const struct option lo[] = {
+		{ "cgroup", required_argument, NULL, 'c' },
+		{ "exempt-cgroup", required_argument, NULL, 'e' },
+		{ "pin", required_argument, NULL, 'p' },
+		{ "accel", required_argument, NULL, 'a' },
+		{ "resolvers", required_argument, NULL, 'r' },
+		{ 0 },
+	};
+	const char *exempt[EGD_EXEMPT_MAX_ENTRIES];
+	struct egd_addr res[EGD_RESOLVERS_MAX_ENTRIES];
+	struct egd_attach_opts o = { .pin_dir = getenv("EGRESSD_PIN_DIR") };
+	const char *res_spec = getenv("EGRESSD_RESOLVERS");
+	int c, n;
+
+	if (!o.pin_dir)
+		o.pin_dir = EGD_DEFAULT_PIN_DIR;
+	while ((c = getopt_long(argc, argv, "", lo, NULL)) != -1) {
+		switch (c) {
+		case 'c':
+			o.cgroup = optarg;
+			break;
+		case 'e':
+			if (o.n_exempt == EGD_EXEMPT_MAX_ENTRIES) {
+				egd_err("at most %d exempt cgroups", EGD_EXEMPT_MAX_ENTRIES);
+				return 2;
+			}
+			exempt[o.n_exempt++] = optarg;
+			break;
+		case 'p':
+			o.pin_dir = optarg;
+			break;
+		case 'a':
+			if (strcmp(optarg, "on") && strcmp(optarg, "off")) {
+				egd_err("--accel takes on or off");
+				return 2;
+			}
+			o.accel = strcmp(optarg, "on") == 0;
+			break;
+		case 'r':
+			res_spec = optarg;
+			break;
+		default:
+			return 2;
+		}
+	}
+	if (!o.cgroup || optind != argc) {
+		egd_err("attach needs --cgroup PATH and nothing else (see egressd help)");
+		return 2;
+	}
+	n = resolvers_from_env(res_spec, res, EGD_RESOLVERS_MAX_ENTRIES);
+	if (n < 0)
+		return 2;
+	o.exempt = exempt;
+	o.resolvers = res;
+	o.n_resolvers = (size_t)n;
+	return egd_bpf_attach(&o) ? 1 : 0;
+}
+
+static const char *pin_arg(int argc, char **argv)
+{
+	const char *pin = getenv("EGRESSD_PIN_DIR");
+
+	for (int i = 0; i < argc; i++) {
+		if (strcmp(argv[i], "--pin") == 0 && i + 1 < argc)
+			pin = argv[++i];
+		else if (strncmp(argv[i], "--pin=", 6) == 0)
+			pin = argv[i] + 6;
+		else {
+			egd_err("unexpected argument \"%s\"", argv[i]);
+			return NULL;
+		}
+	}
+	return pin ? pin : EGD_DEFAULT_PIN_DIR;
+}
+
+static int cmd_detach(int argc, char **argv)
+{
+	const char *pin = pin_arg(argc, argv);
+
+	if (!pin)
+		return 2;
+	if (egd_bpf_detach(pin))
+		return 1;
+	egd_info("detached %s", pin);
+	return 0;
+}
+
+static int cmd_phase(int argc, char **argv)
+{
+	const char *pin = pin_arg(argc, argv);
+	struct egd_bpf b;
+	enum egd_phase p;
+	int err;
+
+	if (!pin || egd_bpf_open(&b, pin))
+		return pin ? 1 : 2;
+	err = egd_bpf_get_phase(&b, &p);
+	egd_bpf_close(&b);
+	if (err) {
+		egd_err("reading phase: %s", strerror(-err));
+		return 1;
+	}
+	printf("%s\n", egd_phase_name(p));
+	return 0;
+}
+
+static int cmd_status(int argc, char **argv)
+{
+	const char *pin = pin_arg(argc, argv);
+	uint64_t k[EGD_CNT_MAX];
+	struct egd_config c;
+	struct egd_bpf b;
+	enum egd_phase p;
+
+	if (!pin)
+		return 2;
+	if (egd_bpf_open(&b, pin)) {
+		printf("mode: bpf\nattached: no (%s)\n", pin);
+		return 1;
+	}
+	printf("mode: bpf\npin: %s\nattached: %s\n", pin, egd_bpf_attached(&b) ? "yes" : "no");
+	if (egd_bpf_get_phase(&b, &p) == 0)
+		printf("phase: %s\n", egd_phase_name(p));
+	if (egd_bpf_get_config(&b, &c) == 0)
+		printf("listen port: %u\naccel: %s\ndaemon cgroup id: %llu\n", ntohs(c.listen_port),
+		       c.flags & EGD_CFG_ACCEL ? "on" : "off", (unsigned long long)c.daemon_cgroup_id);
+	if (egd_bpf_counters(&b, k) == 0) {
+		printf("kernel counters:\n");
+		for (int i = 0; i < EGD_CNT_MAX; i++)
+			printf("  %-26s %llu\n", egd_counter_name(i), (unsigned long long)k[i]);
+	}
+	egd_bpf_close(&b);
+	return 0;
+}
+
+static int cmd_run(int argc, char **argv)
+{
+	struct egd_config_run cfg;
+	FILE *audit;
+
+	if (egd_config_load(&cfg, argc, argv))
+		return 2;
+	egd_log_set_level(cfg.log_level);
+	if (cfg.audit_log[0]) {
+		audit = fopen(cfg.audit_log, "ae");
+		if (!audit) {
+			egd_err("audit log %s: %s", cfg.audit_log, strerror(errno));
+			return 1;
+		}
+		egd_audit_set_stream(audit);
+	}
+	return egd_daemon_run(&cfg);
+}
+
+/* --- exec: the local mode --------------------------------------------------- */
+
+static volatile sig_atomic_t forward_to;
+
+static void forward_signal(int sig)
+{
+	if (forward_to > 0)
+		kill(forward_to, sig);
+}
+
+static pid_t start_daemon(const char *pin, int argc, char **argv, int ready_w, int audit_to_stderr)
+{
+	pid_t pid = fork();
+
+	if (pid != 0)
+		return pid;
+	/* Child: become `egressd run`. */
+	char fdbuf[16], pinflag[PATH_MAX + 8];
+	char **args = calloc((size_t)argc + 4, sizeof(*args));
+	int n = 0;
+
+	if (!args)
+		_exit(127);
+	snprintf(fdbuf, sizeof(fdbuf), "%d", ready_w);
+	setenv("EGRESSD_READY_FD", fdbuf, 1);
+	snprintf(pinflag, sizeof(pinflag), "--pin=%s", pin);
+	args[n++] = "egressd";
+	args[n++] = "run";
+	args[n++] = pinflag;
+	for (int i = 0; i < argc; i++)
+		args[n++] = argv[i];
+	args[n] = NULL;
+	if (audit_to_stderr)
+		dup2(2, 1); /* keep decision lines apart from the command's stdout */
+	execv("/proc/self/exe", args);
+	egd_err("starting the daemon: %s", strerror(errno));
+	_exit(127);
+}
+
+static int wait_ready(int fd, pid_t daemon)
+{
+	struct pollfd p = { .fd = fd, .events = POLLIN };
+	char c;
+	int n = poll(&p, 1, EXEC_READY_TIMEOUT_MS);
+
+	if (n == 1 && read(fd, &c, 1) == 1)
+		return 0;
+	if (waitpid(daemon, NULL, WNOHANG) == daemon)
+		egd_err("the daemon exited before it was ready (see above)");
+	else
+		egd_err("the daemon was not ready within %d ms", EXEC_READY_TIMEOUT_MS);
+	return -1;
+}
+
+static int cmd_exec(int argc, char **argv)
+{
+	char cg_root[PATH_MAX], cg[PATH_MAX], self_cg[PATH_MAX], pin[PATH_MAX];
+	struct egd_addr res[EGD_RESOLVERS_MAX_ENTRIES];
+	const char *exempt[1];
+	struct egd_attach_opts o = { 0 };
+	struct egd_config_run check;
+	int sep = -1, ready[2], status = 0, rc = 1, n, accel = 0, audit_flag = 0;
+	char **run_argv;
+	int run_argc = 0;
+	pid_t daemon = -1, child;
+
+	for (int i = 0; i < argc; i++) {
+		if (strcmp(argv[i], "--") == 0) {
+			sep = i;
+			break;
+		}
+	}
+	if (sep < 0 || sep == argc - 1) {
+		egd_err("exec needs a command after -- (egressd exec -- CMD ARG...)");
+		return 2;
+	}
+	run_argv = calloc((size_t)sep + 2, sizeof(*run_argv));
+	if (!run_argv)
+		return 1;
+	for (int i = 0; i < sep; i++) {
+		if (strcmp(argv[i], "--accel=on") == 0) {
+			accel = 1;
+			continue;
+		}
+		if (strncmp(argv[i], "--audit-log", 11) == 0)
+			audit_flag = 1;
+		run_argv[run_argc++] = argv[i];
+	}
+	/* Local mode: no admin port unless asked for, so two execs can run. */
+	if (!getenv("EGRESSD_ADMIN_LISTEN"))
+		setenv("EGRESSD_ADMIN_LISTEN", "off", 1);
+	/* Validate the daemon's settings here, where the user sees the error. */
+	if (egd_config_load(&check, run_argc, run_argv))
+		return 2;
+
+	if (egd_cgroup2_root(cg_root, sizeof(cg_root))) {
+		egd_err("no cgroup2 hierarchy mounted (see /proc/mounts)");
+		return 1;
+	}
+	snprintf(cg, sizeof(cg), "%s/egressd-exec-%d", cg_root, getpid());
+	if (getenv("EGRESSD_PIN_DIR"))
+		snprintf(pin, sizeof(pin), "%s", getenv("EGRESSD_PIN_DIR"));
+	else
+		snprintf(pin, sizeof(pin), "/sys/fs/bpf/egressd-exec-%d", getpid());
+	if (mkdir(cg, 0755)) {
+		egd_err("creating cgroup %s: %s", cg, strerror(errno));
+		return 1;
+	}
+	if (egd_cgroup_of_pid(0, self_cg, sizeof(self_cg)) == 0) {
+		exempt[0] = self_cg;
+		o.exempt = exempt;
+		o.n_exempt = 1;
+	}
+	n = resolvers_from_env(getenv("EGRESSD_RESOLVERS"), res, EGD_RESOLVERS_MAX_ENTRIES);
+	if (n < 0)
+		goto out_cgroup;
+	o.cgroup = cg;
+	o.pin_dir = pin;
+	o.accel = accel;
+	o.resolvers = res;
+	o.n_resolvers = (size_t)n;
+	if (egd_bpf_attach(&o))
+		goto out_cgroup;
+
+	if (pipe2(ready, O_CLOEXEC))
+		goto out_detach;
+	fcntl(ready[1], F_SETFD, 0); /* the daemon inherits the write end */
+	fflush(NULL);
+	daemon = start_daemon(pin, run_argc, run_argv, ready[1], !audit_flag);
+	close(ready[1]);
+	if (daemon < 0 || wait_ready(ready[0], daemon)) {
+		close(ready[0]);
+		goto out_daemon;
+	}
+	close(ready[0]);
+
+	child = fork();
+	if (child == 0) {
+		int err = egd_cgroup_enter(cg, getpid());
+
+		if (err) {
+			egd_err("entering %s: %s", cg, strerror(-err));
+			_exit(126);
+		}
+		execvp(argv[sep + 1], argv + sep + 1);
+		egd_err("%s: %s", argv[sep + 1], strerror(errno));
+		_exit(127);
+	}
+	if (child < 0)
+		goto out_daemon;
+	forward_to = child;
+	signal(SIGINT, forward_signal);
+	signal(SIGTERM, forward_signal);
+	while (waitpid(child, &status, 0) < 0 && errno == EINTR)
+		;
+	forward_to = 0;
+	rc = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+
+out_daemon:
+	if (daemon > 0) {
+		kill(daemon, SIGTERM);
+		while (waitpid(daemon, NULL, 0) < 0 && errno == EINTR)
+			;
+	}
+out_detach:
+	egd_bpf_detach(pin);
+out_cgroup:
+	if (egd_cgroup_destroy(cg))
+		egd_warn("removing cgroup %s: %s", cg, strerror(errno));
+	free(run_argv);
+	return rc;
+}
+
+int main(int argc, char **argv)
+{
+	const char *cmd = argc > 1 ? argv[1] : "help";
+
+	if (strcmp(cmd, "attach") == 0)
+		return cmd_attach(argc - 1, argv + 1);
+	if (strcmp(cmd, "detach") == 0)
+		return cmd_detach(argc - 2, argv + 2);
+	if (strcmp(cmd, "run") == 0)
+		return cmd_run(argc - 2, argv + 2);
+	if (strcmp(cmd, "exec") == 0)
+		return cmd_exec(argc - 2, argv + 2);
+	if (strcmp(cmd, "phase") == 0)
+		return cmd_phase(argc - 2, argv + 2);
+	if (strcmp(cmd, "status") == 0)
+		return cmd_status(argc - 2, argv + 2);
+	if (strcmp(cmd, "version") == 0 || strcmp(cmd, "--version") == 0) {
+		printf("egressd %s\n", EGD_VERSION);
+		return 0;
+	}
+	if (strcmp(cmd, "help") == 0 || strcmp(cmd, "--help") == 0 || strcmp(cmd, "-h") == 0) {
+		usage(stdout);
+		return 0;
+	}
+	egd_err("unknown command \"%s\"", cmd);
+	usage(stderr);
+	return 2;
+}
