@@ -9,6 +9,7 @@
 #include "vmlinux.h"
 #include <bpf/bpf_helpers.h>
 #include <bpf/bpf_endian.h>
+#include <bpf/bpf_tracing.h>
 #include "egressd.h"
 
 #define ALLOW 1
@@ -378,6 +379,23 @@ int egd_sock_create(struct bpf_sock *ctx)
 		return ALLOW;
 	count(EGD_CNT_SOCK_DENIED);
 	return REFUSE;
+}
+
+/*
+ * Packet sockets are created outside inet_create(), so cgroup/sock_create
+ * never sees them. The per-cgroup LSM hook does (kernels with BPF LSM, 6.0+).
+ * Attached when available; see egd_bpf_attach().
+ */
+SEC("lsm_cgroup/socket_create")
+int BPF_PROG(egd_lsm_socket_create, int family, int type, int protocol, int kern)
+{
+	if (kern || is_exempt())
+		return ALLOW;
+	if (family == AF_PACKET || type == SOCK_RAW) {
+		count(EGD_CNT_SOCK_DENIED);
+		return REFUSE;
+	}
+	return ALLOW;
 }
 
 /* Fill @t from a sock_ops context: src is this socket's end, dst the peer.

@@ -14,6 +14,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <getopt.h>
+#include <limits.h>
 #include <poll.h>
 #include <signal.h>
 #include <stdio.h>
@@ -172,6 +173,7 @@ static int cmd_status(int argc, char **argv)
 {
 	const char *pin = pin_arg(argc, argv);
 	uint64_t k[EGD_CNT_MAX];
+	char lsm[PATH_MAX];
 	struct egd_config c;
 	struct egd_bpf b;
 	enum egd_phase p;
@@ -183,6 +185,8 @@ static int cmd_status(int argc, char **argv)
 		return 1;
 	}
 	printf("mode: bpf\npin: %s\nattached: %s\n", pin, egd_bpf_attached(&b) ? "yes" : "no");
+	snprintf(lsm, sizeof(lsm), "%s/links/egd_lsm_socket_create", pin);
+	printf("packet sockets refused: %s\n", access(lsm, F_OK) == 0 ? "yes (BPF LSM)" : "no (no BPF LSM)");
 	if (egd_bpf_get_phase(&b, &p) == 0)
 		printf("phase: %s\n", egd_phase_name(p));
 	if (egd_bpf_get_config(&b, &c) == 0)

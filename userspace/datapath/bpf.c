@@ -12,6 +12,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -105,6 +106,60 @@ static int pin_path(char *buf, size_t len, const char *dir, const char *kind, co
 	return n < 0 || (size_t)n >= len ? -ENAMETOOLONG : 0;
 }
 
+/*
+ * The LSM hook that refuses packet sockets needs BPF LSM in the running
+ * kernel. Without it the agent must lack CAP_NET_RAW (which a container
+ * without privileges does): say so, and go on.
+ */
+static int attach_lsm(struct egressd *skel, int cg_fd, const char *pin_dir)
+{
+	struct bpf_program *prog = skel->progs.egd_lsm_socket_create;
+	struct bpf_link *link;
+	char path[PATH_MAX];
+	int err;
+
+	if (!bpf_program__autoload(prog)) {
+		egd_warn("BPF LSM unavailable here: packet sockets are not refused by egressd; "
+			 "run the agent without CAP_NET_RAW");
+		return 0;
+	}
+	link = bpf_program__attach_cgroup(prog, cg_fd);
+	if (!link) {
+		err = -errno;
+		egd_err("attaching %s: %s", bpf_program__name(prog), strerror(-err));
+		return err;
+	}
+	err = pin_path(path, sizeof(path), pin_dir, "links", bpf_program__name(prog));
+	if (!err)
+		err = bpf_link__pin(link, path);
+	bpf_link__destroy(link);
+	return err;
+}
+
+static int print_quiet(enum libbpf_print_level level, const char *fmt, va_list ap)
+{
+	(void)level;
+	(void)fmt;
+	(void)ap;
+	return 0;
+}
+
+static int bpf_lsm_active(void)
+{
+	char buf[512] = "";
+	FILE *f = fopen("/sys/kernel/security/lsm", "re");
+
+	if (!f)
+		return 0;
+	if (!fgets(buf, sizeof(buf), f))
+		buf[0] = '\0';
+	fclose(f);
+	for (char *tok = strtok(buf, ",\n"); tok; tok = strtok(NULL, ",\n"))
+		if (strcmp(tok, "bpf") == 0)
+			return 1;
+	return 0;
+}
+
 /* Every program with its link, in attach order. sk_msg is not a cgroup
  * program and is handled apart. */
 static int attach_cgroup_progs(struct egressd *skel, int cg_fd, const char *pin_dir)
@@ -135,7 +190,7 @@ static int attach_cgroup_progs(struct egressd *skel, int cg_fd, const char *pin_
 			return err;
 		}
 	}
-	return 0;
+	return attach_lsm(skel, cg_fd, pin_dir);
 }
 
 static int write_initial_state(struct egressd *skel, const struct egd_attach_opts *o)
@@ -211,16 +266,32 @@ int egd_bpf_attach(const struct egd_attach_opts *o)
 		return err;
 	}
 
-	skel = egressd__open();
-	if (!skel) {
-		err = -errno;
-		egd_err("opening BPF object: %s", strerror(-err));
-		goto err_close_cg;
+	/* The LSM program is the one a kernel may refuse (no BPF LSM, or
+	 * lockdown): without it, load the rest rather than nothing. */
+	for (int with_lsm = bpf_lsm_active(); ; with_lsm = 0) {
+		skel = egressd__open();
+		if (!skel) {
+			err = -errno;
+			egd_err("opening BPF object: %s", strerror(-err));
+			goto err_close_cg;
+		}
+		skel->rodata->accel_enabled = o->accel ? 1 : 0;
+		if (!o->accel)
+			bpf_program__set_autoload(skel->progs.egd_sk_msg, false);
+		if (!with_lsm)
+			bpf_program__set_autoload(skel->progs.egd_lsm_socket_create, false);
+		/* A refused LSM program is expected on some kernels: keep its
+		 * verifier chatter out of the operator's way. */
+		libbpf_print_fn_t old = with_lsm ? libbpf_set_print(print_quiet) : NULL;
+
+		err = egressd__load(skel);
+		if (with_lsm)
+			libbpf_set_print(old);
+		if (!err || !with_lsm)
+			break;
+		egd_debug("loading the BPF LSM program: %s", strerror(-err));
+		egressd__destroy(skel);
 	}
-	skel->rodata->accel_enabled = o->accel ? 1 : 0;
-	if (!o->accel)
-		bpf_program__set_autoload(skel->progs.egd_sk_msg, false);
-	err = egressd__load(skel);
 	if (err) {
 		egd_err("loading BPF programs: %s (needs root or CAP_BPF+CAP_NET_ADMIN, and a "
 			"kernel with BTF)",

@@ -1,0 +1,114 @@
+#!/usr/bin/env bats
+# SPDX-License-Identifier: MIT
+# Bad input and bad conditions: each gets a clean refusal or a clear error,
+# never a crash or an open door.
+
+load lib
+
+teardown() {
+	egd_teardown
+}
+
+@test "garbage after a TLS record header is refused and the daemon lives on" {
+	egd_setup --admin-listen 127.0.0.1:15000
+	run agent python3 "$FIX/client.py" tcp $SRV4 443 '\x16\x03\x01\x00\x10garbagegarbage!!'
+	[ "$output" = "$(printf '\x15\x03\x03\x00\x02\x02\x31')" ] || [ "$output" = ECONNRESET ]
+	audit_has dst=$SRV4:443 verdict=deny
+	run nsenter --net="/run/netns/$NS_A" curl -sS http://127.0.0.1:15000/healthz
+	[ "$output" = ok ]
+}
+
+@test "an oversize ClientHello is refused" {
+	egd_setup
+	# Handshake header announcing 64 KiB: over the 16 KiB limit.
+	run agent python3 "$FIX/client.py" tcp $SRV4 443 '\x16\x03\x01\x40\x00\x01\x01\x00\x00'
+	audit_has dst=$SRV4:443 verdict=deny reason=malformed
+}
+
+@test "a slowloris hello is cut off at the sniff deadline" {
+	egd_setup --sniff-timeout-ms 1000 --admin-listen 127.0.0.1:15000
+	start=$SECONDS
+	# A TLS record header, then one byte every 0.2 s: 6 s for the whole
+	# hello, if the daemon waited for it.
+	run agent python3 "$FIX/client.py" slow $SRV4 443 \
+		16030100190100001503030000000000000000000000000000000000 0.2
+	[ $((SECONDS - start)) -lt 4 ]
+	[ "$output" != data ]
+	audit_has dst=$SRV4:443 verdict=deny reason=malformed detail=truncated
+	[ "$(metric egressd_sniff_timeouts_total)" = 1 ]
+}
+
+@test "with the daemon down the agent gets no network (fail closed)" {
+	egd_setup
+	kill "$DAEMON_PID"
+	wait "$DAEMON_PID" || true
+	DAEMON_PID=
+	run agent curl -sS -m 5 http://$SRV4/
+	[ "$status" -eq 7 ] # connection refused
+	touch "$T/sentinel"
+	run agent curl -sS -m 5 http://$SRV4/
+	[ "$status" -eq 7 ]
+}
+
+@test "run without an attachment exits non-zero with a clear message" {
+	skip_unless_capable
+	run "$EGRESSD" run --pin "$BATS_TEST_TMPDIR/nothing-here" --admin-listen off
+	[ "$status" -ne 0 ]
+	[[ "$output" == *"no egressd attachment at"* ]]
+}
+
+@test "a port in use is a clear error, not a silent failure" {
+	egd_setup
+	run nsenter --net="/run/netns/$NS_A" "$EGRESSD" run --pin "$PIN" --admin-listen off
+	[ "$status" -ne 0 ]
+	[[ "$output" == *"Address already in use"* ]]
+}
+
+@test "bad settings are refused at start, naming the variable" {
+	skip_unless_capable
+	EGRESSD_FIRST_BYTE_MS=soon run "$EGRESSD" run --admin-listen off
+	[ "$status" -eq 2 ]
+	[[ "$output" == *EGRESSD_FIRST_BYTE_MS* ]]
+	run "$EGRESSD" run --agent-allow 'bad host!' --admin-listen off
+	[ "$status" -eq 2 ]
+	[[ "$output" == *EGRESSD_AGENT_ALLOW* ]]
+	run "$EGRESSD" run --listen 10.0.0.1:15443
+	[ "$status" -eq 2 ]
+	run "$EGRESSD" run --no-such-flag
+	[ "$status" -eq 2 ]
+}
+
+@test "agent allowlist: the host is dialled by name, not by the address the agent chose" {
+	skip_unless_capable
+	egd_setup_net
+	egd_setup_cgroups
+	egd_start_servers
+	egd_attach
+	# allowed.test resolves (for the daemon) to the real server.
+	# The daemon gets a private mount namespace with its own /etc/hosts.
+	echo "$SRV4 allowed.test" >"$T/hosts"
+	DAEMON_PREFIX=(unshare -m sh -c 'mount --bind "$0" /etc/hosts && exec "$@"' "$T/hosts")
+	egd_start_daemon --agent-allow allowed.test
+	run agent curl -sS -m 5 --cacert "$T/cert.pem" --resolve allowed.test:443:$SRV4 \
+		https://allowed.test/
+	[ "$output" = "hello-tls sni=allowed.test port=443" ]
+	# Naming the allowed host while dialling another address still lands on
+	# the allowed host.
+	run agent curl -sS -m 5 --cacert "$T/cert.pem" --resolve allowed.test:8443:203.0.113.50 \
+		https://allowed.test:8443/
+	[ "$output" = "hello-tls sni=allowed.test port=8443" ]
+	audit_has host=allowed.test verdict=tunnel reason=agent-allow dst=203.0.113.50:8443
+}
+
+@test "status and phase report the attachment" {
+	egd_setup
+	run "$EGRESSD" status --pin "$PIN"
+	[ "$status" -eq 0 ]
+	[[ "$output" == *"attached: yes"* ]]
+	[[ "$output" == *"phase: agent"* ]]
+	[[ "$output" == *"tcp_redirected"* ]]
+	run "$EGRESSD" detach --pin "$PIN"
+	[ "$status" -eq 0 ]
+	run "$EGRESSD" status --pin "$PIN"
+	[ "$status" -ne 0 ]
+}

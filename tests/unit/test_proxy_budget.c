@@ -1,0 +1,463 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * The budget ledger: its arithmetic, the concurrency invariant (admitted
+ * spend passes the cap by at most one reservation), and the two files it
+ * shares with the reference proxy.
+ */
+#include <dirent.h>
+#include <errno.h>
+#include <pthread.h>
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include <cmocka.h>
+#include <jansson.h>
+
+#include "proxy/budget.h"
+
+#define EPS 1e-12
+#define CONCURRENT_REQUESTS 200
+
+static void test_admit_reserves_and_settle_charges_cost(void **state)
+{
+	struct egd_ledger l;
+	double r;
+
+	(void)state;
+	assert_int_equal(egd_ledger_init(&l, 1.0, 0.01), 0);
+	assert_int_equal(egd_ledger_admit(&l, &r), 0);
+	assert_true(r == 0.01);
+	assert_true(l.reserved_usd == 0.01);
+	assert_int_equal(l.in_flight, 1);
+	assert_int_equal(egd_ledger_settle(&l, r, "m", 0.25, 100, 20), 0);
+	assert_true(l.reserved_usd == 0);
+	assert_true(l.spent_usd == 0.25);
+	assert_true(egd_ledger_remaining(&l) == 0.75);
+	assert_int_equal(l.requests, 1);
+	assert_int_equal(l.prompt_tokens, 100);
+	assert_int_equal(l.completion_tokens, 20);
+	egd_ledger_fini(&l);
+}
+
+static void test_admission_refused_at_cap(void **state)
+{
+	struct egd_ledger l;
+	double r;
+
+	(void)state;
+	egd_ledger_init(&l, 0.02, 0.01);
+	assert_int_equal(egd_ledger_admit(&l, &r), 0);
+	assert_int_equal(egd_ledger_admit(&l, &r), 0);
+	/* spent + reserved == cap: no more. */
+	assert_int_equal(egd_ledger_admit(&l, &r), -EDQUOT);
+	egd_ledger_fini(&l);
+}
+
+static void test_release_charges_nothing(void **state)
+{
+	struct egd_ledger l;
+	double r;
+
+	(void)state;
+	egd_ledger_init(&l, 1.0, 0.01);
+	egd_ledger_admit(&l, &r);
+	egd_ledger_release(&l, r);
+	assert_int_equal(l.in_flight, 0);
+	assert_true(l.reserved_usd == 0);
+	assert_true(l.spent_usd == 0);
+	assert_int_equal(l.requests, 0);
+	egd_ledger_fini(&l);
+}
+
+static void test_negative_or_nan_cost_never_credits(void **state)
+{
+	struct egd_ledger l;
+	double r;
+
+	(void)state;
+	egd_ledger_init(&l, 1.0, 0.01);
+	egd_ledger_admit(&l, &r);
+	egd_ledger_settle(&l, r, "m", -5.0, -1, -1);
+	egd_ledger_admit(&l, &r);
+	egd_ledger_settle(&l, r, "m", 0.0 / 0.0, 0, 0);
+	assert_true(l.spent_usd == 0);
+	assert_int_equal(l.prompt_tokens, 0);
+	egd_ledger_fini(&l);
+}
+
+static void test_cap_1e10_cost_0001_is_over(void **state)
+{
+	struct egd_ledger l;
+	double r;
+
+	(void)state;
+	egd_ledger_init(&l, 1e-10, 0.01);
+	assert_int_equal(egd_ledger_admit(&l, &r), 0);
+	assert_int_equal(egd_ledger_settle(&l, r, "m", 0.001, 1, 1), 1);
+	assert_int_equal(egd_ledger_admit(&l, &r), -EDQUOT);
+	assert_true(egd_ledger_remaining(&l) == 0);
+	egd_ledger_fini(&l);
+}
+
+static void test_charge_rule(void **state)
+{
+	struct egd_usage u = { 0 };
+
+	(void)state;
+	assert_true(egd_ledger_charge(NULL, 200, 0.01) == 0.01);
+	assert_true(egd_ledger_charge(&u, 200, 0.01) == 0.01);
+	assert_true(egd_ledger_charge(&u, 500, 0.01) == 0);
+	u.has_cost = 1;
+	u.cost_usd = 0.003;
+	assert_true(egd_ledger_charge(&u, 200, 0.01) == 0.003);
+	assert_true(egd_ledger_charge(&u, 400, 0.01) == 0.003);
+}
+
+static void test_per_model_stats(void **state)
+{
+	struct egd_ledger l;
+	json_t *m;
+	double r;
+
+	(void)state;
+	egd_ledger_init(&l, 10, 0.01);
+	egd_ledger_admit(&l, &r);
+	egd_ledger_settle(&l, r, "a/b", 0.5, 10, 1);
+	egd_ledger_admit(&l, &r);
+	egd_ledger_settle(&l, r, "a/b", 0.25, 5, 2);
+	egd_ledger_admit(&l, &r);
+	egd_ledger_settle(&l, r, NULL, 0, 0, 0);
+	m = json_object_get(l.models, "a/b");
+	assert_int_equal(json_integer_value(json_object_get(m, "requests")), 2);
+	assert_true(json_real_value(json_object_get(m, "cost_usd")) == 0.75);
+	assert_int_equal(json_integer_value(json_object_get(m, "prompt_tokens")), 15);
+	assert_int_equal(json_integer_value(json_object_get(m, "completion_tokens")), 3);
+	assert_non_null(json_object_get(l.models, "unknown"));
+	egd_ledger_fini(&l);
+}
+
+struct race {
+	struct egd_budget *b;
+	pthread_barrier_t *start;
+	double reservation;
+	int admitted;
+};
+
+static void *admit_one(void *arg)
+{
+	struct race *r = arg;
+
+	pthread_barrier_wait(r->start);
+	r->admitted = !egd_budget_admit(r->b, &r->reservation);
+	return NULL;
+}
+
+/* 200 requests at once against a budget with room for one more: at most one
+ * reservation's worth beyond the cap is ever admitted. */
+static void run_race(double cap, double spent_before, double reserve)
+{
+	pthread_t th[CONCURRENT_REQUESTS];
+	struct race r[CONCURRENT_REQUESTS];
+	pthread_barrier_t start;
+	struct egd_budget *b = egd_budget_new(cap, reserve, "run", NULL);
+	struct egd_ledger snap;
+	double admitted_sum = 0, res;
+	int admitted = 0;
+
+	assert_non_null(b);
+	if (spent_before > 0) {
+		assert_int_equal(egd_budget_admit(b, &res), 0);
+		egd_budget_settle(b, res, "m", spent_before, 0, 0);
+	}
+	pthread_barrier_init(&start, NULL, CONCURRENT_REQUESTS);
+	for (int i = 0; i < CONCURRENT_REQUESTS; i++) {
+		r[i] = (struct race){ .b = b, .start = &start };
+		assert_int_equal(pthread_create(&th[i], NULL, admit_one, &r[i]), 0);
+	}
+	for (int i = 0; i < CONCURRENT_REQUESTS; i++) {
+		pthread_join(th[i], NULL);
+		if (r[i].admitted) {
+			admitted++;
+			admitted_sum += r[i].reservation;
+		}
+	}
+	pthread_barrier_destroy(&start);
+	assert_true(admitted >= 1);
+	assert_true(spent_before + admitted_sum <= cap + reserve + EPS);
+	/* Every admitted request then costs exactly its reservation. */
+	for (int i = 0; i < CONCURRENT_REQUESTS; i++)
+		if (r[i].admitted)
+			egd_budget_settle(b, r[i].reservation, "m", r[i].reservation, 1, 1);
+	egd_budget_snapshot(b, &snap);
+	assert_true(snap.spent_usd <= cap + reserve + EPS);
+	assert_int_equal(snap.in_flight, 0);
+	assert_true(snap.reserved_usd == 0);
+	egd_budget_destroy(b);
+}
+
+static void test_concurrent_admissions_at_cap_one_request(void **state)
+{
+	(void)state;
+	run_race(1.0, 0.995, 0.01);
+}
+
+static void test_concurrent_admissions_from_zero(void **state)
+{
+	(void)state;
+	run_race(1.0, 0, 0.01);
+}
+
+static void test_usage_dump_has_reference_keys(void **state)
+{
+	static const char *const keys[] = {
+		"evaluation_run_id", "total_cost_usd", "max_cost_usd", "budget_remaining_usd",
+		"requests",          "prompt_tokens",  "completion_tokens", "models",
+	};
+	struct egd_budget *b = egd_budget_new(2.0, 0.01, "eval-42", NULL);
+	json_t *o;
+	char *s;
+	double r;
+
+	(void)state;
+	egd_budget_admit(b, &r);
+	egd_budget_settle(b, r, "a/b", 0.5, 7, 3);
+	s = egd_budget_usage_dump(b);
+	o = json_loads(s, 0, NULL);
+	assert_int_equal(json_object_size(o), sizeof(keys) / sizeof(keys[0]));
+	for (size_t i = 0; i < sizeof(keys) / sizeof(keys[0]); i++)
+		assert_non_null(json_object_get(o, keys[i]));
+	assert_string_equal(json_string_value(json_object_get(o, "evaluation_run_id")), "eval-42");
+	assert_true(json_number_value(json_object_get(o, "total_cost_usd")) == 0.5);
+	assert_true(json_number_value(json_object_get(o, "max_cost_usd")) == 2.0);
+	assert_true(json_number_value(json_object_get(o, "budget_remaining_usd")) == 1.5);
+	assert_int_equal(json_integer_value(json_object_get(o, "requests")), 1);
+	assert_int_equal(json_integer_value(json_object_get(o, "prompt_tokens")), 7);
+	assert_int_equal(json_integer_value(json_object_get(o, "completion_tokens")), 3);
+	json_decref(o);
+	free(s);
+	egd_budget_destroy(b);
+}
+
+static void test_usage_dump_numbers_exact_and_short(void **state)
+{
+	struct egd_budget *b = egd_budget_new(1.0, 0.01, "run", NULL);
+	double r, spent = 0;
+	char *s;
+
+	(void)state;
+	egd_budget_admit(b, &r);
+	egd_budget_settle(b, r, "m", 0.1, 0, 0);
+	s = egd_budget_usage_dump(b);
+	assert_non_null(strstr(s, "\"total_cost_usd\":0.1,"));
+	free(s);
+	/* 0.1 + 0.2 needs 17 digits; it must survive the round trip exactly. */
+	egd_budget_admit(b, &r);
+	egd_budget_settle(b, r, "m", 0.2, 0, 0);
+	s = egd_budget_usage_dump(b);
+	sscanf(strstr(s, "\"total_cost_usd\":") + strlen("\"total_cost_usd\":"), "%lf", &spent);
+	assert_true(spent == 0.1 + 0.2);
+	free(s);
+	egd_budget_destroy(b);
+}
+
+static char *make_tmpdir(void)
+{
+	char *d = strdup("/tmp/egd-budget-XXXXXX");
+
+	assert_non_null(mkdtemp(d));
+	return d;
+}
+
+static void rm_tmpdir(char *d)
+{
+	char cmd[256];
+
+	snprintf(cmd, sizeof(cmd), "rm -rf '%s'", d);
+	assert_int_equal(system(cmd), 0);
+	free(d);
+}
+
+static int count_entries(const char *dir)
+{
+	DIR *d = opendir(dir);
+	struct dirent *e;
+	int n = 0;
+
+	while ((e = readdir(d)))
+		n += e->d_name[0] != '.';
+	closedir(d);
+	return n;
+}
+
+static void test_atomic_save_and_readback(void **state)
+{
+	char *dir = make_tmpdir(), err[256];
+	struct egd_budget *b = egd_budget_new(5.0, 0.01, "run", dir);
+	struct egd_budget *b2;
+	struct egd_ledger snap;
+	double r;
+
+	(void)state;
+	egd_budget_admit(b, &r);
+	egd_budget_settle(b, r, "a/b", 1.25, 10, 20);
+	assert_int_equal(egd_budget_save(b), 0);
+	egd_budget_admit(b, &r);
+	egd_budget_settle(b, r, "c/d", 0.5, 1, 2);
+	assert_int_equal(egd_budget_save(b), 0);
+	/* Only the usage file is left: no temp file survives a save. */
+	assert_int_equal(count_entries(dir), 1);
+
+	b2 = egd_budget_new(5.0, 0.01, "run", dir);
+	assert_int_equal(egd_budget_load(b2, err, sizeof(err)), 0);
+	egd_budget_snapshot(b2, &snap);
+	assert_true(snap.spent_usd == 1.75);
+	assert_int_equal(snap.requests, 2);
+	assert_int_equal(snap.prompt_tokens, 11);
+	assert_int_equal(snap.completion_tokens, 22);
+	/* The restored ledger still refuses past the cap. */
+	assert_int_equal(egd_budget_admit(b2, &r), 0);
+	egd_budget_release(b2, r);
+	egd_budget_destroy(b);
+	egd_budget_destroy(b2);
+	rm_tmpdir(dir);
+}
+
+static void test_missing_usage_file_is_fresh_run(void **state)
+{
+	char *dir = make_tmpdir(), err[256];
+	struct egd_budget *b = egd_budget_new(5.0, 0.01, "run", dir);
+
+	(void)state;
+	assert_int_equal(egd_budget_load(b, err, sizeof(err)), 0);
+	egd_budget_destroy(b);
+	rm_tmpdir(dir);
+}
+
+static void write_usage(const char *dir, const char *content)
+{
+	char path[512];
+
+	snprintf(path, sizeof(path), "%s/%s", dir, EGD_USAGE_FILE_NAME);
+	assert_int_equal(egd_write_file_atomic(path, content, strlen(content)), 0);
+}
+
+static void test_corrupt_usage_file_is_an_error(void **state)
+{
+	static const char *const bad[] = {
+		"",
+		"{\"total_cost_usd\": 1.0,",
+		"[]",
+		"{\"total_cost_usd\":\"1\",\"requests\":1,\"prompt_tokens\":1,"
+		"\"completion_tokens\":1,\"models\":{}}",
+		"{\"total_cost_usd\":1,\"requests\":1,\"prompt_tokens\":1,\"models\":{}}",
+		"{\"total_cost_usd\":-1,\"requests\":1,\"prompt_tokens\":1,"
+		"\"completion_tokens\":1,\"models\":{}}",
+	};
+	char *dir = make_tmpdir(), err[256];
+
+	(void)state;
+	for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+		struct egd_budget *b = egd_budget_new(5.0, 0.01, "run", dir);
+
+		write_usage(dir, bad[i]);
+		err[0] = '\0';
+		assert_int_equal(egd_budget_load(b, err, sizeof(err)), -EBADMSG);
+		assert_non_null(strstr(err, EGD_USAGE_FILE_NAME));
+		egd_budget_destroy(b);
+	}
+	rm_tmpdir(dir);
+}
+
+static void test_inference_line_has_reference_fields(void **state)
+{
+	static const char *const keys[] = {
+		"endpoint",      "model",          "status_code", "total_cost_usd",
+		"budget_remaining_usd", "timestamp", "routed_model", "provider",
+		"prompt_tokens", "completion_tokens", "cost_usd", "latency_ms",
+		"generation_id", "error",
+	};
+	struct egd_usage u = { .has_cost = 1, .cost_usd = 0.002, .prompt_tokens = 12,
+			       .completion_tokens = 34 };
+	struct egd_inference rec = {
+		.endpoint = "/api/v1/chat/completions",
+		.model = "a/b",
+		.status_code = 200,
+		.total_cost_usd = 0.5,
+		.budget_remaining_usd = 1.5,
+		.timestamp = { .tv_sec = 1767225600, .tv_nsec = 123456789 },
+		.usage = &u,
+		.cost_usd = 0.002,
+		.latency_ms = 321,
+	};
+	char *line;
+	json_t *o;
+
+	(void)state;
+	strcpy(u.model, "a/b-2024");
+	strcpy(u.provider, "Anthropic");
+	line = egd_inference_line(&rec);
+	assert_non_null(line);
+	assert_int_equal(line[strlen(line) - 1], '\n');
+	/* One line: the only newline is the last byte. */
+	assert_ptr_equal(strchr(line, '\n'), line + strlen(line) - 1);
+	o = json_loads(line, 0, NULL);
+	assert_int_equal(json_object_size(o), sizeof(keys) / sizeof(keys[0]));
+	for (size_t i = 0; i < sizeof(keys) / sizeof(keys[0]); i++)
+		assert_non_null(json_object_get(o, keys[i]));
+	assert_string_equal(json_string_value(json_object_get(o, "timestamp")),
+			    "2026-01-01T00:00:00.123456+00:00");
+	assert_string_equal(json_string_value(json_object_get(o, "routed_model")), "a/b-2024");
+	assert_int_equal(json_integer_value(json_object_get(o, "latency_ms")), 321);
+	assert_true(json_is_null(json_object_get(o, "generation_id")));
+	assert_true(json_is_null(json_object_get(o, "error")));
+	json_decref(o);
+	free(line);
+}
+
+static void test_inference_append_adds_lines(void **state)
+{
+	char *dir = make_tmpdir(), path[512], buf[256];
+	FILE *f;
+	int lines = 0;
+
+	(void)state;
+	snprintf(path, sizeof(path), "%s/%s", dir, EGD_INFERENCES_FILE_NAME);
+	assert_int_equal(egd_inference_append(path, "{\"a\":1}\n"), 0);
+	assert_int_equal(egd_inference_append(path, "{\"a\":2}\n"), 0);
+	f = fopen(path, "r");
+	while (fgets(buf, sizeof(buf), f))
+		lines++;
+	fclose(f);
+	assert_int_equal(lines, 2);
+	rm_tmpdir(dir);
+}
+
+int main(void)
+{
+	const struct CMUnitTest tests[] = {
+		cmocka_unit_test(test_admit_reserves_and_settle_charges_cost),
+		cmocka_unit_test(test_admission_refused_at_cap),
+		cmocka_unit_test(test_release_charges_nothing),
+		cmocka_unit_test(test_negative_or_nan_cost_never_credits),
+		cmocka_unit_test(test_cap_1e10_cost_0001_is_over),
+		cmocka_unit_test(test_charge_rule),
+		cmocka_unit_test(test_per_model_stats),
+		cmocka_unit_test(test_concurrent_admissions_at_cap_one_request),
+		cmocka_unit_test(test_concurrent_admissions_from_zero),
+		cmocka_unit_test(test_usage_dump_has_reference_keys),
+		cmocka_unit_test(test_usage_dump_numbers_exact_and_short),
+		cmocka_unit_test(test_atomic_save_and_readback),
+		cmocka_unit_test(test_missing_usage_file_is_fresh_run),
+		cmocka_unit_test(test_corrupt_usage_file_is_an_error),
+		cmocka_unit_test(test_inference_line_has_reference_fields),
+		cmocka_unit_test(test_inference_append_adds_lines),
+	};
+
+	return cmocka_run_group_tests(tests, NULL, NULL);
+}

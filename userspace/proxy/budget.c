@@ -1,0 +1,532 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * The ledger and its files (see budget.h). Floating-point dollars, as in the
+ * reference proxy and in OpenRouter's own usage.cost; the in-flight sum is
+ * reset to exactly zero whenever nothing is in flight so rounding never
+ * accumulates across a long run.
+ */
+#include "proxy/budget.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <libgen.h>
+#include <limits.h>
+#include <math.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+int egd_ledger_init(struct egd_ledger *l, double cap_usd, double reserve_usd)
+{
+	memset(l, 0, sizeof(*l));
+	l->cap_usd = cap_usd;
+	l->reserve_usd = reserve_usd;
+	l->models = json_object();
+	return l->models ? 0 : -ENOMEM;
+}
+
+void egd_ledger_fini(struct egd_ledger *l)
+{
+	json_decref(l->models);
+	l->models = NULL;
+}
+
+int egd_ledger_can_admit(const struct egd_ledger *l)
+{
+	return l->spent_usd + l->reserved_usd < l->cap_usd;
+}
+
+int egd_ledger_admit(struct egd_ledger *l, double *reservation_usd)
+{
+	if (!egd_ledger_can_admit(l))
+		return -EDQUOT;
+	l->reserved_usd += l->reserve_usd;
+	l->in_flight++;
+	*reservation_usd = l->reserve_usd;
+	return 0;
+}
+
+void egd_ledger_release(struct egd_ledger *l, double reservation_usd)
+{
+	if (l->in_flight)
+		l->in_flight--;
+	l->reserved_usd -= reservation_usd;
+	if (!l->in_flight || l->reserved_usd < 0)
+		l->reserved_usd = 0;
+}
+
+static int add_int(json_t *o, const char *key, int64_t n)
+{
+	json_int_t v = json_integer_value(json_object_get(o, key));
+
+	return json_object_set_new(o, key, json_integer(v + n));
+}
+
+static int count_model(struct egd_ledger *l, const char *model, double cost, int64_t pt,
+		       int64_t ct)
+{
+	json_t *m;
+
+	if (!model || !*model)
+		model = "unknown";
+	m = json_object_get(l->models, model);
+	if (!json_is_object(m)) {
+		m = json_object();
+		if (!m || json_object_set_new(l->models, model, m))
+			return -ENOMEM;
+	}
+	if (add_int(m, "requests", 1) || add_int(m, "prompt_tokens", pt) ||
+	    add_int(m, "completion_tokens", ct) ||
+	    json_object_set_new(m, "cost_usd",
+				json_real(json_number_value(json_object_get(m, "cost_usd")) +
+					  cost)))
+		return -ENOMEM;
+	return 0;
+}
+
+int egd_ledger_settle(struct egd_ledger *l, double reservation_usd, const char *model,
+		      double cost_usd, int64_t prompt_tokens, int64_t completion_tokens)
+{
+	/* A negative or NaN cost would hand budget back: never. */
+	if (!(cost_usd >= 0) || !isfinite(cost_usd))
+		cost_usd = 0;
+	if (prompt_tokens < 0)
+		prompt_tokens = 0;
+	if (completion_tokens < 0)
+		completion_tokens = 0;
+	egd_ledger_release(l, reservation_usd);
+	l->spent_usd += cost_usd;
+	l->requests++;
+	l->prompt_tokens += (uint64_t)prompt_tokens;
+	l->completion_tokens += (uint64_t)completion_tokens;
+	/* Per-model stats are informational; the totals above are what the
+	 * budget relies on, so a failure here is not an accounting error. */
+	count_model(l, model, cost_usd, prompt_tokens, completion_tokens);
+	return l->spent_usd > l->cap_usd;
+}
+
+double egd_ledger_remaining(const struct egd_ledger *l)
+{
+	double r = l->cap_usd - l->spent_usd;
+
+	return r > 0 ? r : 0;
+}
+
+double egd_ledger_charge(const struct egd_usage *u, int status, double reservation_usd)
+{
+	if (u && u->has_cost)
+		return u->cost_usd;
+	if (status >= 200 && status < 300)
+		return reservation_usd;
+	return 0;
+}
+
+json_t *egd_ledger_usage_json(const struct egd_ledger *l, const char *run_id)
+{
+	return json_pack("{s:s, s:f, s:f, s:f, s:I, s:I, s:I, s:O}", "evaluation_run_id",
+			 run_id ? run_id : "unknown-eval-run", "total_cost_usd", l->spent_usd,
+			 "max_cost_usd", l->cap_usd, "budget_remaining_usd",
+			 egd_ledger_remaining(l), "requests", (json_int_t)l->requests,
+			 "prompt_tokens", (json_int_t)l->prompt_tokens, "completion_tokens",
+			 (json_int_t)l->completion_tokens, "models", l->models);
+}
+
+static int get_count(const json_t *o, const char *key, uint64_t *out, char *err, size_t errlen)
+{
+	const json_t *v = json_object_get(o, key);
+
+	if (!json_is_integer(v) || json_integer_value(v) < 0) {
+		snprintf(err, errlen, "\"%s\" missing or not a non-negative integer", key);
+		return -EBADMSG;
+	}
+	*out = (uint64_t)json_integer_value(v);
+	return 0;
+}
+
+int egd_ledger_restore(struct egd_ledger *l, const json_t *usage, char *err, size_t errlen)
+{
+	const json_t *cost = json_object_get(usage, "total_cost_usd");
+	const json_t *models = json_object_get(usage, "models");
+	uint64_t req, pt, ct;
+	json_t *copy;
+
+	if (!json_is_object(usage)) {
+		snprintf(err, errlen, "not a JSON object");
+		return -EBADMSG;
+	}
+	if (!json_is_number(cost) || !isfinite(json_number_value(cost)) ||
+	    json_number_value(cost) < 0) {
+		snprintf(err, errlen, "\"total_cost_usd\" missing or not a non-negative number");
+		return -EBADMSG;
+	}
+	if (get_count(usage, "requests", &req, err, errlen) ||
+	    get_count(usage, "prompt_tokens", &pt, err, errlen) ||
+	    get_count(usage, "completion_tokens", &ct, err, errlen))
+		return -EBADMSG;
+	if (!json_is_object(models)) {
+		snprintf(err, errlen, "\"models\" missing or not an object");
+		return -EBADMSG;
+	}
+	copy = json_deep_copy(models);
+	if (!copy) {
+		snprintf(err, errlen, "out of memory");
+		return -ENOMEM;
+	}
+	json_decref(l->models);
+	l->models = copy;
+	l->spent_usd = json_number_value(cost);
+	l->requests = req;
+	l->prompt_tokens = pt;
+	l->completion_tokens = ct;
+	return 0;
+}
+
+/* ---- locked ledger ------------------------------------------------------ */
+
+struct egd_budget {
+	pthread_mutex_t mu;
+	struct egd_ledger l;
+	char *run_id;
+	char *usage_path;      /* NULL without a data dir */
+	char *inferences_path; /* NULL without a data dir */
+};
+
+static char *join_path(const char *dir, const char *name)
+{
+	char *s;
+
+	if (asprintf(&s, "%s/%s", dir, name) < 0)
+		return NULL;
+	return s;
+}
+
+struct egd_budget *egd_budget_new(double cap_usd, double reserve_usd, const char *run_id,
+				  const char *data_dir)
+{
+	struct egd_budget *b = calloc(1, sizeof(*b));
+
+	if (!b)
+		return NULL;
+	if (egd_ledger_init(&b->l, cap_usd, reserve_usd))
+		goto err_free;
+	b->run_id = strdup(run_id ? run_id : "unknown-eval-run");
+	if (!b->run_id)
+		goto err_fini;
+	if (data_dir) {
+		b->usage_path = join_path(data_dir, EGD_USAGE_FILE_NAME);
+		b->inferences_path = join_path(data_dir, EGD_INFERENCES_FILE_NAME);
+		if (!b->usage_path || !b->inferences_path)
+			goto err_paths;
+	}
+	pthread_mutex_init(&b->mu, NULL);
+	return b;
+
+err_paths:
+	free(b->usage_path);
+	free(b->inferences_path);
+	free(b->run_id);
+err_fini:
+	egd_ledger_fini(&b->l);
+err_free:
+	free(b);
+	errno = ENOMEM;
+	return NULL;
+}
+
+void egd_budget_destroy(struct egd_budget *b)
+{
+	if (!b)
+		return;
+	pthread_mutex_destroy(&b->mu);
+	egd_ledger_fini(&b->l);
+	free(b->run_id);
+	free(b->usage_path);
+	free(b->inferences_path);
+	free(b);
+}
+
+int egd_budget_admit(struct egd_budget *b, double *reservation_usd)
+{
+	int err;
+
+	pthread_mutex_lock(&b->mu);
+	err = egd_ledger_admit(&b->l, reservation_usd);
+	pthread_mutex_unlock(&b->mu);
+	return err;
+}
+
+void egd_budget_release(struct egd_budget *b, double reservation_usd)
+{
+	pthread_mutex_lock(&b->mu);
+	egd_ledger_release(&b->l, reservation_usd);
+	pthread_mutex_unlock(&b->mu);
+}
+
+int egd_budget_settle(struct egd_budget *b, double reservation_usd, const char *model,
+		      double cost_usd, int64_t prompt_tokens, int64_t completion_tokens)
+{
+	int over;
+
+	pthread_mutex_lock(&b->mu);
+	over = egd_ledger_settle(&b->l, reservation_usd, model, cost_usd, prompt_tokens,
+				 completion_tokens);
+	pthread_mutex_unlock(&b->mu);
+	return over;
+}
+
+void egd_budget_snapshot(struct egd_budget *b, struct egd_ledger *out)
+{
+	pthread_mutex_lock(&b->mu);
+	*out = b->l;
+	out->models = NULL;
+	pthread_mutex_unlock(&b->mu);
+}
+
+char *egd_budget_usage_dump(struct egd_budget *b)
+{
+	json_t *o;
+	char *s;
+
+	pthread_mutex_lock(&b->mu);
+	o = egd_ledger_usage_json(&b->l, b->run_id);
+	s = o ? egd_json_dumps(o) : NULL;
+	pthread_mutex_unlock(&b->mu);
+	json_decref(o);
+	if (!s)
+		errno = ENOMEM;
+	return s;
+}
+
+static int write_all(int fd, const char *p, size_t len)
+{
+	while (len) {
+		ssize_t n = write(fd, p, len);
+
+		if (n < 0) {
+			if (errno == EINTR)
+				continue;
+			return -errno;
+		}
+		p += n;
+		len -= (size_t)n;
+	}
+	return 0;
+}
+
+static int fsync_dir_of(const char *path)
+{
+	char *copy = strdup(path);
+	int fd, err = 0;
+
+	if (!copy)
+		return -ENOMEM;
+	fd = open(dirname(copy), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	free(copy);
+	if (fd < 0)
+		return -errno;
+	if (fsync(fd))
+		err = -errno;
+	close(fd);
+	return err;
+}
+
+int egd_write_file_atomic(const char *path, const void *data, size_t len)
+{
+	char *tmp;
+	int fd, err;
+
+	/* Same directory as the target, so rename() is atomic. */
+	if (asprintf(&tmp, "%s.tmp.XXXXXX", path) < 0)
+		return -ENOMEM;
+	fd = mkostemp(tmp, O_CLOEXEC);
+	if (fd < 0) {
+		err = -errno;
+		goto err_free;
+	}
+	err = write_all(fd, data, len);
+	if (!err && fchmod(fd, 0644))
+		err = -errno;
+	if (!err && fsync(fd))
+		err = -errno;
+	if (close(fd) && !err)
+		err = -errno;
+	if (err)
+		goto err_unlink;
+	if (rename(tmp, path)) {
+		err = -errno;
+		goto err_unlink;
+	}
+	free(tmp);
+	return fsync_dir_of(path);
+
+err_unlink:
+	unlink(tmp);
+err_free:
+	free(tmp);
+	return err;
+}
+
+int egd_usage_file_read(const char *path, json_t **out, char *err, size_t errlen)
+{
+	json_error_t jerr;
+	struct stat st;
+	char *buf;
+	ssize_t n;
+	int fd, ret;
+
+	*out = NULL;
+	fd = open(path, O_RDONLY | O_CLOEXEC);
+	if (fd < 0) {
+		ret = -errno;
+		snprintf(err, errlen, "%s: %s", path, strerror(errno));
+		return ret;
+	}
+	if (fstat(fd, &st) || st.st_size > EGD_USAGE_FILE_MAX_BYTES) {
+		snprintf(err, errlen, "%s: unreadable or larger than %d bytes", path,
+			 EGD_USAGE_FILE_MAX_BYTES);
+		close(fd);
+		return -EFBIG;
+	}
+	buf = malloc((size_t)st.st_size + 1);
+	if (!buf) {
+		close(fd);
+		return -ENOMEM;
+	}
+	n = pread(fd, buf, (size_t)st.st_size, 0);
+	ret = n < 0 ? -errno : 0;
+	close(fd);
+	if (ret || n != st.st_size) {
+		snprintf(err, errlen, "%s: short read", path);
+		free(buf);
+		return ret ? ret : -EIO;
+	}
+	*out = json_loadb(buf, (size_t)n, JSON_REJECT_DUPLICATES, &jerr);
+	free(buf);
+	if (!*out) {
+		snprintf(err, errlen, "%s: corrupt JSON at line %d: %s", path, jerr.line,
+			 jerr.text);
+		return -EBADMSG;
+	}
+	return 0;
+}
+
+int egd_budget_load(struct egd_budget *b, char *err, size_t errlen)
+{
+	char why[256];
+	json_t *o;
+	int ret;
+
+	if (!b->usage_path)
+		return 0;
+	ret = egd_usage_file_read(b->usage_path, &o, err, errlen);
+	if (ret == -ENOENT)
+		return 0;
+	if (ret)
+		return ret;
+	pthread_mutex_lock(&b->mu);
+	ret = egd_ledger_restore(&b->l, o, why, sizeof(why));
+	pthread_mutex_unlock(&b->mu);
+	json_decref(o);
+	if (ret)
+		snprintf(err, errlen, "%s: %s", b->usage_path, why);
+	return ret;
+}
+
+int egd_budget_save(struct egd_budget *b)
+{
+	char *s;
+	int err;
+
+	if (!b->usage_path)
+		return 0;
+	s = egd_budget_usage_dump(b);
+	if (!s)
+		return -ENOMEM;
+	/* Saves from two threads may interleave; each file written is a
+	 * complete snapshot, and the later rename wins. */
+	err = egd_write_file_atomic(b->usage_path, s, strlen(s));
+	free(s);
+	return err;
+}
+
+void egd_iso_time(const struct timespec *ts, char out[EGD_ISO_TIME_MAX_BYTES])
+{
+	unsigned int usec = (unsigned int)((ts->tv_nsec / 1000) % 1000000);
+	time_t t = ts->tv_sec;
+	struct tm tm;
+	size_t n;
+
+	gmtime_r(&t, &tm);
+	n = strftime(out, EGD_ISO_TIME_MAX_BYTES, "%Y-%m-%dT%H:%M:%S", &tm);
+	snprintf(out + n, EGD_ISO_TIME_MAX_BYTES - n, ".%06u+00:00", usec);
+}
+
+static json_t *str_or_null(const char *s)
+{
+	return s && *s ? json_string(s) : json_null();
+}
+
+char *egd_inference_line(const struct egd_inference *r)
+{
+	static const struct egd_usage none;
+	const struct egd_usage *u = r->usage ? r->usage : &none;
+	const char *error = r->error ? r->error : (u->has_error ? u->error : NULL);
+	char ts[EGD_ISO_TIME_MAX_BYTES], *s, *line = NULL;
+	json_t *o;
+
+	egd_iso_time(&r->timestamp, ts);
+	o = json_pack("{s:s, s:o, s:i, s:f, s:f, s:s, s:o, s:o, s:I, s:I, s:f, s:I, s:o, s:o}",
+		      "endpoint", r->endpoint ? r->endpoint : "", "model", str_or_null(r->model),
+		      "status_code", r->status_code, "total_cost_usd", r->total_cost_usd,
+		      "budget_remaining_usd", r->budget_remaining_usd, "timestamp", ts,
+		      "routed_model", str_or_null(u->model), "provider",
+		      str_or_null(u->provider), "prompt_tokens", (json_int_t)u->prompt_tokens,
+		      "completion_tokens", (json_int_t)u->completion_tokens, "cost_usd",
+		      r->cost_usd, "latency_ms", (json_int_t)r->latency_ms, "generation_id",
+		      str_or_null(u->generation_id), "error", str_or_null(error));
+	if (!o) {
+		errno = EINVAL;
+		return NULL;
+	}
+	s = egd_json_dumps(o);
+	json_decref(o);
+	if (s && asprintf(&line, "%s\n", s) < 0)
+		line = NULL;
+	free(s);
+	if (!line)
+		errno = ENOMEM;
+	return line;
+}
+
+int egd_inference_append(const char *path, const char *line)
+{
+	int fd = open(path, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0644);
+	int err;
+
+	if (fd < 0)
+		return -errno;
+	/* One write on O_APPEND: concurrent writers never interleave lines. */
+	err = write_all(fd, line, strlen(line));
+	if (!err && fsync(fd))
+		err = -errno;
+	close(fd);
+	return err;
+}
+
+int egd_budget_log_inference(struct egd_budget *b, const struct egd_inference *r)
+{
+	char *line;
+	int err;
+
+	if (!b->inferences_path)
+		return 0;
+	line = egd_inference_line(r);
+	if (!line)
+		return -errno;
+	err = egd_inference_append(b->inferences_path, line);
+	free(line);
+	return err;
+}
