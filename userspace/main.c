@@ -314,6 +314,7 @@ static int cmd_exec(int argc, char **argv)
 	/* Validate the daemon's settings here, where the user sees the error. */
 	if (egd_config_load(&check, run_argc, run_argv))
 		return 2;
+	egd_log_set_level(check.log_level);
 
 	if (egd_cgroup2_root(cg_root, sizeof(cg_root))) {
 		egd_err("no cgroup2 hierarchy mounted (see /proc/mounts)");

@@ -1,0 +1,65 @@
+#!/usr/bin/env bash
+# SPDX-License-Identifier: MIT
+# Installs what is missing, builds, and runs every test: unit tests (CTest +
+# cmocka), the same unit tests under ASan+UBSan, a short smoke run of every
+# libFuzzer target, and the end-to-end suite (bats; real BPF, namespaces and
+# cgroups, so it needs root). Output ends with the bats summary.
+#
+# Settings: FUZZ_SECONDS (per target, default 10), SKIP_E2E=1, SKIP_FUZZ=1,
+# SKIP_ASAN=1, JOBS (default: number of CPUs).
+set -euo pipefail
+
+cd "$(dirname "$0")/.."
+JOBS=${JOBS:-$(nproc)}
+FUZZ_SECONDS=${FUZZ_SECONDS:-10}
+
+step() { printf '\n==> %s\n' "$*"; }
+
+step "dependencies"
+./scripts/install-deps.sh
+
+step "build (RelWithDebInfo)"
+cmake -S . -B build -DCMAKE_BUILD_TYPE=RelWithDebInfo >/dev/null
+make -C build -j"$JOBS" --no-print-directory
+
+step "unit tests"
+(cd build && ctest --output-on-failure)
+
+if [ "${SKIP_ASAN:-0}" != 1 ]; then
+	step "unit tests under ASan+UBSan"
+	cmake -S . -B build-asan -DCMAKE_BUILD_TYPE=Debug -DEGD_SANITIZE=ON >/dev/null
+	make -C build-asan -j"$JOBS" --no-print-directory
+	(cd build-asan && ctest --output-on-failure)
+fi
+
+if [ "${SKIP_FUZZ:-0}" != 1 ]; then
+	step "fuzz smoke (${FUZZ_SECONDS}s per target)"
+	CC=clang cmake -S . -B build-fuzz -DCMAKE_BUILD_TYPE=RelWithDebInfo -DEGD_FUZZ=ON >/dev/null
+	targets=$(cd fuzz && ls fuzz_*.c | sed 's/\.c$//')
+	# shellcheck disable=SC2086
+	make -C build-fuzz -j"$JOBS" --no-print-directory $targets
+	for t in $targets; do
+		corpus=$(mktemp -d)
+		[ -d "fuzz/corpus/$t" ] && cp -r "fuzz/corpus/$t/." "$corpus/"
+		echo "--- $t"
+		"build-fuzz/$t" -max_total_time="$FUZZ_SECONDS" -print_final_stats=1 "$corpus" \
+			2>&1 | grep -E '^(stat::number_of_executed_runs|INFO: Running|==[0-9]+==|SUMMARY)' || true
+		# A crash leaves its reproducer next to us and a non-zero status.
+		if ls crash-* leak-* timeout-* >/dev/null 2>&1; then
+			echo "fuzz target $t failed; reproducer: $(ls crash-* leak-* timeout-* 2>/dev/null)" >&2
+			exit 1
+		fi
+		rm -rf "$corpus"
+	done
+fi
+
+if [ "${SKIP_E2E:-0}" != 1 ]; then
+	step "end-to-end tests (bats)"
+	if [ "$(id -u)" -ne 0 ]; then
+		echo "the e2e suite needs root (namespaces, cgroups, BPF); run as root" >&2
+		exit 1
+	fi
+	# The pretty formatter ends with bats' own summary; strip its terminal
+	# control sequences so logs stay readable.
+	bats --formatter pretty --timing tests/e2e | sed -u 's/\x1b\[[0-9;]*[A-Za-z]//g'
+fi
