@@ -42,14 +42,17 @@ if [ "${SKIP_FUZZ:-0}" != 1 ]; then
 		corpus=$(mktemp -d)
 		[ -d "fuzz/corpus/$t" ] && cp -r "fuzz/corpus/$t/." "$corpus/"
 		echo "--- $t"
-		"build-fuzz/$t" -max_total_time="$FUZZ_SECONDS" -print_final_stats=1 "$corpus" \
-			2>&1 | grep -E '^(stat::number_of_executed_runs|INFO: Running|==[0-9]+==|SUMMARY)' || true
-		# A crash leaves its reproducer next to us and a non-zero status.
-		if ls crash-* leak-* timeout-* >/dev/null 2>&1; then
-			echo "fuzz target $t failed; reproducer: $(ls crash-* leak-* timeout-* 2>/dev/null)" >&2
+		rc=0
+		(cd "$corpus" && "$OLDPWD/build-fuzz/$t" -max_total_time="$FUZZ_SECONDS" \
+			-print_final_stats=1 -artifact_prefix="$corpus/" "$corpus" >"$corpus.log" 2>&1) ||
+			rc=$?
+		grep -E '^stat::(number_of_executed_units|average_exec_per_sec)' "$corpus.log" || true
+		if [ "$rc" -ne 0 ]; then
+			tail -40 "$corpus.log" >&2
+			echo "fuzz target $t failed (exit $rc); reproducer kept in $corpus" >&2
 			exit 1
 		fi
-		rm -rf "$corpus"
+		rm -rf "$corpus" "$corpus.log"
 	done
 fi
 

@@ -128,7 +128,7 @@ teardown() {
 
 @test "removing the sentinel closes the tunnels opened in the verification phase" {
 	flip_to_verification
-	agent python3 "$FIX/client.py" hold $SRV4 7001 10 "$T/held" >"$T/hold.out" &
+	agent python3 "$FIX/client.py" hold $SRV4 7001 10 "$T/held" >"$T/hold.out" 3>&- &
 	holder=$!
 	wait_for 5 test -e "$T/held"
 	flip_to_agent

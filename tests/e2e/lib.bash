@@ -36,8 +36,11 @@ exempt() {
 		"$CG/daemon" "$@"
 }
 
+# Servers run in the server namespace and in a cgroup of their own, so
+# teardown can kill every one of them at once.
 in_srv() {
-	nsenter --net="/run/netns/$NS_S" "$@"
+	exec nsenter --net="/run/netns/$NS_S" sh -c 'echo $$ > "$0/cgroup.procs" && exec "$@"' \
+		"$CG/srv" "$@"
 }
 
 wait_for() { # wait_for SECONDS CMD... : retry until CMD succeeds
@@ -76,7 +79,7 @@ egd_setup_net() {
 
 egd_setup_cgroups() {
 	CG="$CG_ROOT/egdt-$ID"
-	mkdir -p "$CG/agent" "$CG/daemon"
+	mkdir -p "$CG/agent" "$CG/daemon" "$CG/srv"
 	mkdir -p "$T/bpffs"
 	mount -t bpf bpf "$T/bpffs"
 	PIN="$T/bpffs/egressd"
@@ -96,7 +99,7 @@ egd_start_servers() {
 		--tls $SRV4:443 --tls "[$SRV6]:443" --tls $SRV4:8443 \
 		--http $SRV4:80 --http "[$SRV6]:80" \
 		--banner $SRV4:2222 --echo $SRV4:7001 --echo "[$SRV6]:7001" \
-		--udp $SRV4:53 --udp $SRV4:5353 >"$T/servers.out" 2>&1 &
+		--udp $SRV4:53 --udp $SRV4:5353 >"$T/servers.out" 2>&1 3>&- &
 	SERVERS_PID=$!
 	wait_for 10 test -e "$T/servers.ready"
 }
@@ -107,7 +110,7 @@ egd_start_daemon() {
 	: >"$T/audit.log"
 	nsenter --net="/run/netns/$NS_A" sh -c 'echo $$ > "$0/cgroup.procs" && exec "$@"' \
 		"$CG/daemon" "${DAEMON_PREFIX[@]}" "$EGRESSD" run --pin "$PIN" --sentinel "$T/sentinel" \
-		--audit-log "$T/audit.log" "$@" 2>"$T/daemon.err" &
+		--audit-log "$T/audit.log" "$@" 2>"$T/daemon.err" 3>&- &
 	DAEMON_PID=$!
 	wait_for 10 port_open 127.0.0.1 15443 || {
 		cat "$T/daemon.err" >&2
@@ -134,7 +137,7 @@ egd_teardown() {
 	[ -n "${DAEMON_PID:-}" ] && kill "$DAEMON_PID" 2>/dev/null
 	[ -n "${SERVERS_PID:-}" ] && kill "$SERVERS_PID" 2>/dev/null
 	if [ -n "${CG:-}" ]; then
-		for c in "$CG/agent" "$CG/daemon" "$CG"; do
+		for c in "$CG/agent" "$CG/daemon" "$CG/srv" "$CG"; do
 			[ -e "$c/cgroup.kill" ] && echo 1 >"$c/cgroup.kill" 2>/dev/null
 		done
 	fi
@@ -142,7 +145,7 @@ egd_teardown() {
 	[ -n "${PIN:-}" ] && [ -e "$PIN" ] && "$EGRESSD" detach --pin "$PIN" 2>/dev/null
 	[ -n "${T:-}" ] && mountpoint -q "$T/bpffs" && umount "$T/bpffs"
 	if [ -n "${CG:-}" ]; then
-		for c in "$CG/agent" "$CG/daemon" "$CG"; do
+		for c in "$CG/agent" "$CG/daemon" "$CG/srv" "$CG"; do
 			for _ in 1 2 3 4 5 6 7 8 9 10; do
 				[ -d "$c" ] || break
 				rmdir "$c" 2>/dev/null && break
