@@ -11,6 +11,7 @@ PKGS=(
 	libcmocka-dev bats
 	iproute2 nftables curl socat python3 procps
 	nginx-light libnginx-mod-stream
+	python3-yaml docker-compose
 )
 
 missing=()

@@ -8,6 +8,7 @@
 #include "core/log.h"
 #include "datapath/bpf.h"
 #include "datapath/cgroup.h"
+#include "datapath/nft.h"
 #include "egress/daemon.h"
 
 #include <arpa/inet.h>
@@ -39,7 +40,8 @@ static void usage(FILE *out)
 		"  egressd run [SETTINGS]\n"
 		"  egressd exec [--phase agent|verification] [SETTINGS] -- CMD [ARG]...\n"
 		"  egressd phase [--pin DIR]\n"
-		"  egressd status [--pin DIR]\n\n"
+		"  egressd status [--pin DIR]\n"
+		"  egressd nft-remove        remove the nftables fallback ruleset\n\n"
 		"settings (flag, environment variable, [default]):\n");
 	egd_config_usage(out);
 	fprintf(out, "\nattach also reads EGRESSD_RESOLVERS (default: nameservers of "
@@ -181,7 +183,21 @@ static int cmd_status(int argc, char **argv)
 	if (!pin)
 		return 2;
 	if (egd_bpf_open(&b, pin)) {
-		printf("mode: bpf\nattached: no (%s)\n", pin);
+		uint64_t n;
+
+		/* No BPF attachment: perhaps the nftables fallback is in place. */
+		if (egd_nft_counter(EGD_NFT_CNT_DIRECT_DIAL, &n) == 0) {
+			printf("mode: nft\ntable: inet %s present\n", EGD_NFT_TABLE);
+			const char *names[] = { EGD_NFT_CNT_DIRECT_DIAL, EGD_NFT_CNT_REFUSED_TCP,
+						EGD_NFT_CNT_REFUSED_UDP, EGD_NFT_CNT_REFUSED_OTHER };
+
+			printf("counters (packets):\n");
+			for (size_t i = 0; i < 4; i++)
+				if (egd_nft_counter(names[i], &n) == 0)
+					printf("  %-26s %llu\n", names[i], (unsigned long long)n);
+			return 0;
+		}
+		printf("mode: none\nattached: no (%s), no nftables table\n", pin);
 		return 1;
 	}
 	printf("mode: bpf\npin: %s\nattached: %s\n", pin, egd_bpf_attached(&b) ? "yes" : "no");
@@ -198,6 +214,29 @@ static int cmd_status(int argc, char **argv)
 			printf("  %-26s %llu\n", egd_counter_name(i), (unsigned long long)k[i]);
 	}
 	egd_bpf_close(&b);
+	return 0;
+}
+
+static int cmd_nft_remove(int argc, char **argv)
+{
+	int err;
+
+	(void)argv;
+	if (argc) {
+		egd_err("nft-remove takes no arguments");
+		return 2;
+	}
+	err = egd_nft_remove();
+	if (err == -ENOENT) {
+		egd_info("no table inet %s in this network namespace", EGD_NFT_TABLE);
+		return 0;
+	}
+	if (err) {
+		egd_err("removing table inet %s: %s", EGD_NFT_TABLE, strerror(-err));
+		return 1;
+	}
+	egd_info("removed table inet %s: the agent's network is no longer captured",
+		 EGD_NFT_TABLE);
 	return 0;
 }
 
@@ -406,6 +445,8 @@ int main(int argc, char **argv)
 		return cmd_run(argc - 2, argv + 2);
 	if (strcmp(cmd, "exec") == 0)
 		return cmd_exec(argc - 2, argv + 2);
+	if (strcmp(cmd, "nft-remove") == 0)
+		return cmd_nft_remove(argc - 2, argv + 2);
 	if (strcmp(cmd, "phase") == 0)
 		return cmd_phase(argc - 2, argv + 2);
 	if (strcmp(cmd, "status") == 0)

@@ -1,0 +1,108 @@
+/* SPDX-License-Identifier: MIT */
+/* nftables capture for the daemon; see nftmode.h. */
+#include "datapath/nftmode.h"
+#include "datapath/cgroup.h"
+#include "core/config.h"
+#include "core/log.h"
+
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+/* Depth of the daemon's cgroup as /proc/self/cgroup names it: "/" is 0,
+ * "/a/b" is 2. That is the level `socket cgroupv2` compares at. */
+static int own_cgroup_level(uint32_t *level)
+{
+	char line[4096];
+	FILE *f = fopen("/proc/self/cgroup", "re");
+	int err = -ENOENT;
+
+	if (!f)
+		return -errno;
+	while (fgets(line, sizeof(line), f)) {
+		char *p;
+
+		if (strncmp(line, "0::", 3))
+			continue;
+		line[strcspn(line, "\n")] = '\0';
+		*level = 0;
+		for (p = line + 3; *p; p++)
+			if (*p == '/' && p[1])
+				(*level)++;
+		err = 0;
+		break;
+	}
+	fclose(f);
+	return err;
+}
+
+int egd_nftmode_config(struct egd_nft_config *nc, uint16_t listen_port, uint16_t admin_port)
+{
+	struct egd_addr res[EGD_NFT_RESOLVERS_MAX];
+	const char *spec = getenv("EGRESSD_RESOLVERS");
+	char self[4096];
+	int n, err;
+
+	memset(nc, 0, sizeof(*nc));
+	nc->listen_port = listen_port;
+	nc->admin_port = admin_port;
+	err = egd_cgroup_of_pid(0, self, sizeof(self));
+	if (!err)
+		err = egd_cgroup_id(self, &nc->daemon_cgroup_id);
+	if (!err)
+		err = own_cgroup_level(&nc->daemon_cgroup_level);
+	if (err) {
+		egd_err("nft mode: cannot tell the daemon's own cgroup (%s); it is how the "
+			"ruleset tells the daemon from the agent",
+			strerror(-err));
+		return err;
+	}
+	n = spec ? egd_parse_ip_list(spec, res, EGD_NFT_RESOLVERS_MAX) :
+		   egd_resolvers_from_file("/etc/resolv.conf", res, EGD_NFT_RESOLVERS_MAX);
+	if (n < 0) {
+		egd_err("bad EGRESSD_RESOLVERS \"%s\"", spec);
+		return -EINVAL;
+	}
+	for (int i = 0; i < n; i++) {
+		nc->resolvers[i].family = res[i].family;
+		memcpy(nc->resolvers[i].addr, res[i].addr, res[i].family == EGD_AF_INET ? 4 : 16);
+	}
+	nc->n_resolvers = (size_t)n;
+	return 0;
+}
+
+int egd_nftmode_start(const struct egd_nft_config *nc, enum egd_phase phase)
+{
+	int err = egd_nft_install(nc, phase);
+
+	if (err) {
+		egd_err("nft mode: installing the ruleset: %s (needs CAP_NET_ADMIN and nf_tables)",
+			strerror(-err));
+		return err;
+	}
+	err = egd_nft_verify(nc, phase);
+	if (err) {
+		egd_err("nft mode: the ruleset read back from the kernel is not the one installed "
+			"(%s)",
+			strerror(-err));
+		return err;
+	}
+	egd_info("nft mode: table inet %s installed and verified (daemon cgroup id %llu at "
+		 "level %u)",
+		 EGD_NFT_TABLE, (unsigned long long)nc->daemon_cgroup_id,
+		 nc->daemon_cgroup_level);
+	return 0;
+}
+
+int egd_nftmode_enforce(const struct egd_nft_config *nc, enum egd_phase phase)
+{
+	int err = egd_nft_verify(nc, phase);
+
+	if (!err)
+		return 0;
+	egd_err("SECURITY: nftables table inet %s %s; reinstalling", EGD_NFT_TABLE,
+		err == -ENOENT ? "was removed" : "was altered");
+	return egd_nftmode_start(nc, phase);
+}

@@ -1,0 +1,26 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * nftables capture for the daemon: who the daemon is (its cgroup and its
+ * depth, for `socket cgroupv2`), which resolvers the agent may use, and the
+ * checks that keep the installed ruleset the one we meant.
+ */
+#ifndef EGD_NFTMODE_H
+#define EGD_NFTMODE_H
+
+#include <stdint.h>
+
+#include "datapath/nft.h"
+
+/* Fill @nc for a daemon listening on @listen_port (and @admin_port, 0 for
+ * none). Resolvers come from EGRESSD_RESOLVERS or /etc/resolv.conf. Returns
+ * 0, or -errno with the reason logged. */
+int egd_nftmode_config(struct egd_nft_config *nc, uint16_t listen_port, uint16_t admin_port);
+
+/* Install and read back: 0 only when the kernel holds exactly our ruleset. */
+int egd_nftmode_start(const struct egd_nft_config *nc, enum egd_phase phase);
+
+/* Verify; if the table is missing or altered, log it as a security event and
+ * reinstall. Returns 0 when the ruleset is ours afterwards. */
+int egd_nftmode_enforce(const struct egd_nft_config *nc, enum egd_phase phase);
+
+#endif
