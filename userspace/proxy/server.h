@@ -1,0 +1,98 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * The embedded policy proxy's server side: connections from the agent to
+ * openrouter.ai, handed over by the daemon after it read the first bytes
+ * (TLS, with a leaf for the SNI host from the pod CA; or plain HTTP), plus
+ * the proxy's own plain listener for agents given an explicit base URL.
+ *
+ * Per request: parse (http1), decide (egd_policy_eval, looking the workspace
+ * up when the cache has no answer), forward (upstream.c), relay the answer
+ * (buffered and accounted, or streamed as SSE while the scanner watches for
+ * the cost), settle the budget, rewrite the usage file and append the
+ * inference line. Requests on one connection are answered in order, one at
+ * a time, so pipelining needs nothing more.
+ *
+ * Everything runs on the caller's event loop; nothing here blocks on the
+ * network (the usage files are written synchronously: small, local, fsync'ed
+ * on purpose so a kill -9 loses nothing recorded).
+ */
+#ifndef EGD_PROXY_SERVER_H
+#define EGD_PROXY_SERVER_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "core/loop.h"
+#include "proxy/budget.h"
+#include "proxy/ca.h"
+#include "proxy/proxy_config.h"
+
+/* EGRESSD_PROXY_HTTP_LISTEN default, as the reference sidecar listens. */
+#define EGD_PROXY_HTTP_LISTEN_DEFAULT "127.0.0.1:8080"
+/* A keep-alive connection with no request in progress is closed after
+ * this long; so is a connection that does not finish its TLS handshake. */
+#define EGD_PROXY_IDLE_TIMEOUT_MS (120 * 1000)
+#define EGD_PROXY_HANDSHAKE_TIMEOUT_MS (10 * 1000)
+/* Pipelined bytes buffered while a request is answered; past this the
+ * connection is not read until the answer is out. */
+#define EGD_PROXY_PIPELINE_MAX_BYTES (256 * 1024)
+/* The workspace endpoint answers a small object. */
+#define EGD_PROXY_WS_BODY_MAX_BYTES (1024 * 1024)
+/* listen(2) backlog of the plain listener. */
+#define EGD_PROXY_LISTEN_BACKLOG 512
+
+struct egd_proxy;
+
+/*
+ * A proxy on @loop with configuration @cfg (must outlive it) and @ca for
+ * TLS (NULL: serve_tls is refused). Opens the budget (PROXY_DATA_DIR,
+ * reading proxy_usage.json back) and starts the first workspace check.
+ * NULL + errno, with a reason in @err.
+ */
+struct egd_proxy *egd_proxy_new(struct egd_loop *loop, const struct egd_proxy_config *cfg,
+				struct egd_ca *ca, char *err, size_t errlen);
+/* Closes every connection and the listeners; reservations in flight are
+ * released. The loop must not be running it at the time. */
+void egd_proxy_destroy(struct egd_proxy *p);
+
+/* Listen for plain HTTP on @addr ("127.0.0.1:8080", "[::1]:8080", port 0
+ * for any). Returns the bound port (> 0) or -errno. */
+int egd_proxy_listen(struct egd_proxy *p, const char *addr);
+
+/*
+ * Serve an accepted TLS connection to @sni (NULL when the ClientHello had
+ * none: the upstream host's certificate is used). @prefix holds the bytes
+ * the daemon already read from @fd (the ClientHello); they are given to
+ * OpenSSL before the socket. Takes @fd in every case (closed on error).
+ * Returns 0 or -errno.
+ */
+int egd_proxy_serve_tls(struct egd_proxy *p, int fd, const char *sni, const uint8_t *prefix,
+			size_t prefix_len);
+/* The same for plain HTTP; @prefix is the start of the first request. */
+int egd_proxy_serve_plain(struct egd_proxy *p, int fd, const uint8_t *prefix, size_t prefix_len);
+
+/* The ledger, for metrics and tests (owned by the proxy). */
+struct egd_budget *egd_proxy_budget(struct egd_proxy *p);
+/* Connections open (tests, metrics). */
+size_t egd_proxy_conn_count(const struct egd_proxy *p);
+
+/* HTTP statuses are three digits. */
+#define EGD_PROXY_STATUS_MAX 600
+
+struct egd_proxy_stats {
+	uint64_t by_status[EGD_PROXY_STATUS_MAX]; /* answers to the agent */
+	uint64_t upstream_requests;               /* completions and embeddings sent */
+	uint64_t upstream_failures;               /* answered 502 or 504 */
+	uint64_t upstream_latency_ms_sum;         /* send to response head */
+	uint64_t upstream_latency_count;
+	uint64_t workspace_lookups;
+};
+
+/* A copy of the counters. */
+void egd_proxy_stats(const struct egd_proxy *p, struct egd_proxy_stats *out);
+
+/* The counters, spend, remaining budget and reservations in the Prometheus
+ * text format, for the admin listener's /metrics. Malloc'ed; NULL + errno. */
+char *egd_proxy_metrics(struct egd_proxy *p);
+
+#endif /* EGD_PROXY_SERVER_H */

@@ -1,0 +1,947 @@
+// SPDX-License-Identifier: MIT
+/*
+ * The upstream client of the policy proxy; see upstream.h. One connection
+ * carries one request at a time (no pipelining towards the upstream: a
+ * failure would then be ambiguous for every request queued behind it).
+ * Each connection moves through resolve, connect, TLS handshake, active, and
+ * idle; one egd_watch follows it, on the resolver's socket while resolving
+ * and on the TCP socket after.
+ */
+#include "proxy/upstream.h"
+
+#include <arpa/inet.h>
+#include <errno.h>
+#include <netdb.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/epoll.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <openssl/err.h>
+#include <openssl/ssl.h>
+#include <openssl/x509v3.h>
+
+#include "core/log.h"
+
+#define container_of(ptr, type, member) ((type *)((char *)(ptr)-offsetof(type, member)))
+
+/* One read from the socket; SSL records are at most 16 KiB. */
+#define UP_READ_CHUNK_BYTES (16 * 1024)
+/* Host header: a DNS name, a colon and a port. */
+#define UP_HOST_HEADER_MAX_BYTES 300
+
+struct up_addrs {
+	struct sockaddr_storage a[EGD_UPSTREAM_MAX_ADDRS];
+	socklen_t len[EGD_UPSTREAM_MAX_ADDRS];
+	size_t n;
+};
+
+/* A getaddrinfo() on a helper thread. Shared by the thread and the
+ * connection until both let go; the socketpair wakes the loop. */
+struct dns_job {
+	atomic_int refs;
+	int fds[2]; /* [0] loop side, [1] thread side */
+	char *host;
+	unsigned short port;
+	int err;
+	struct up_addrs addrs;
+};
+
+enum conn_state { C_RESOLVING, C_CONNECTING, C_HANDSHAKE, C_ACTIVE, C_IDLE };
+
+struct uconn {
+	struct egd_upstream *u;
+	struct uconn *prev, *next; /* every connection */
+	struct uconn *idle_next;
+	enum conn_state state;
+	struct egd_watch watch;
+	uint32_t events;
+	int fd;
+	SSL *ssl;
+	struct dns_job *job;
+	struct up_addrs addrs;
+	size_t addr_idx;
+	struct egd_timer idle_timer;
+	struct egd_upstream_req *req;
+	int reused;
+	int ssl_want_write;
+};
+
+struct egd_upstream_req {
+	struct egd_upstream *u;
+	struct uconn *c;
+	char *out;
+	size_t out_len, out_off;
+	struct egd_http_parser *parser;
+	struct egd_upstream_cbs cbs;
+	void *ctx;
+	struct egd_timer timer;
+	int pending_err; /* reported from the timer, so never inside send() */
+	int got_bytes;
+	int head_done;
+	int retried;
+	int aborted;
+};
+
+struct egd_upstream {
+	struct egd_loop *loop;
+	const struct egd_proxy_config *cfg;
+	SSL_CTX *ssl_ctx;
+	char host_header[UP_HOST_HEADER_MAX_BYTES];
+	int is_ip; /* no SNI for an IP literal (RFC 6066) */
+	int fixed; /* UPSTREAM_RESOLVE or an IP literal: never resolve */
+	struct up_addrs addrs;
+	unsigned long long addrs_at_ms;
+	struct uconn *conns;
+	struct uconn *idle;
+	size_t nidle;
+};
+
+static void conn_cb(struct egd_watch *w, uint32_t events);
+static void conn_close(struct uconn *c);
+static void req_fail(struct egd_upstream_req *r, int err);
+static int conn_start_connect(struct uconn *c);
+
+/* ---- addresses ---------------------------------------------------------- */
+
+static int addr_parse(const char *s, unsigned short port, struct sockaddr_storage *ss,
+		      socklen_t *len)
+{
+	char buf[INET6_ADDRSTRLEN + 2];
+	size_t n = strlen(s);
+	struct sockaddr_in *in4 = (struct sockaddr_in *)ss;
+	struct sockaddr_in6 *in6 = (struct sockaddr_in6 *)ss;
+
+	if (n >= sizeof(buf))
+		return -EINVAL;
+	if (n > 2 && s[0] == '[' && s[n - 1] == ']') {
+		memcpy(buf, s + 1, n - 2);
+		buf[n - 2] = 0;
+	} else {
+		memcpy(buf, s, n + 1);
+	}
+	memset(ss, 0, sizeof(*ss));
+	if (inet_pton(AF_INET, buf, &in4->sin_addr) == 1) {
+		in4->sin_family = AF_INET;
+		in4->sin_port = htons(port);
+		*len = sizeof(*in4);
+		return 0;
+	}
+	if (inet_pton(AF_INET6, buf, &in6->sin6_addr) == 1) {
+		in6->sin6_family = AF_INET6;
+		in6->sin6_port = htons(port);
+		*len = sizeof(*in6);
+		return 0;
+	}
+	return -EINVAL;
+}
+
+/*
+ * UPSTREAM_RESOLVE as curl's --resolve: "host:port:addr[,addr...]", several
+ * entries separated by spaces or semicolons. Only the entry naming our host
+ * and port matters. Returns 1 when one was applied, 0 when none matched.
+ */
+static int resolve_override(struct egd_upstream *u, const char *spec)
+{
+	char *copy = strdup(spec), *save = NULL, *ent;
+	int found = 0, err = 0;
+
+	if (!copy)
+		return -ENOMEM;
+	for (ent = strtok_r(copy, " ;", &save); ent && !found && !err;
+	     ent = strtok_r(NULL, " ;", &save)) {
+		char *c1 = strchr(ent, ':'), *c2, *a, *asave = NULL;
+		long port;
+
+		if (!c1 || !(c2 = strchr(c1 + 1, ':'))) {
+			err = -EINVAL;
+			break;
+		}
+		*c1 = *c2 = 0;
+		port = strtol(c1 + 1, NULL, 10);
+		if (strcasecmp(ent, u->cfg->upstream_host) || port != u->cfg->upstream_port)
+			continue;
+		for (a = strtok_r(c2 + 1, ",", &asave); a && u->addrs.n < EGD_UPSTREAM_MAX_ADDRS;
+		     a = strtok_r(NULL, ",", &asave)) {
+			err = addr_parse(a, u->cfg->upstream_port, &u->addrs.a[u->addrs.n],
+					 &u->addrs.len[u->addrs.n]);
+			if (err)
+				break;
+			u->addrs.n++;
+		}
+		found = !err && u->addrs.n > 0;
+		if (!err && !found)
+			err = -EINVAL;
+	}
+	free(copy);
+	return err ? err : found;
+}
+
+static void job_put(struct dns_job *j)
+{
+	if (atomic_fetch_sub(&j->refs, 1) != 1)
+		return;
+	if (j->fds[0] >= 0)
+		close(j->fds[0]);
+	if (j->fds[1] >= 0)
+		close(j->fds[1]);
+	free(j->host);
+	free(j);
+}
+
+static void *dns_thread(void *arg)
+{
+	struct addrinfo hints = { .ai_socktype = SOCK_STREAM, .ai_flags = AI_ADDRCONFIG };
+	struct dns_job *j = arg;
+	struct addrinfo *res = NULL, *ai;
+	char port[8];
+	int rc;
+
+	snprintf(port, sizeof(port), "%u", j->port);
+	rc = getaddrinfo(j->host, port, &hints, &res);
+	if (rc)
+		j->err = rc == EAI_SYSTEM ? -errno : -EHOSTUNREACH;
+	for (ai = res; ai && j->addrs.n < EGD_UPSTREAM_MAX_ADDRS; ai = ai->ai_next) {
+		if (ai->ai_addrlen > sizeof(j->addrs.a[0]))
+			continue;
+		memcpy(&j->addrs.a[j->addrs.n], ai->ai_addr, ai->ai_addrlen);
+		j->addrs.len[j->addrs.n++] = ai->ai_addrlen;
+	}
+	if (res)
+		freeaddrinfo(res);
+	if (!rc && !j->addrs.n)
+		j->err = -EHOSTUNREACH;
+	/* The loop may have given up on us: MSG_NOSIGNAL, not SIGPIPE. */
+	(void)!send(j->fds[1], "", 1, MSG_NOSIGNAL);
+	job_put(j);
+	return NULL;
+}
+
+static int dns_start(struct uconn *c)
+{
+	struct dns_job *j = calloc(1, sizeof(*j));
+	pthread_attr_t attr;
+	pthread_t tid;
+	int err;
+
+	if (!j)
+		return -ENOMEM;
+	j->fds[0] = j->fds[1] = -1;
+	atomic_init(&j->refs, 2);
+	j->port = c->u->cfg->upstream_port;
+	j->host = strdup(c->u->cfg->upstream_host);
+	if (!j->host) {
+		err = -ENOMEM;
+		goto err_free;
+	}
+	if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0, j->fds)) {
+		err = -errno;
+		goto err_free;
+	}
+	pthread_attr_init(&attr);
+	pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
+	err = -pthread_create(&tid, &attr, dns_thread, j);
+	pthread_attr_destroy(&attr);
+	if (err)
+		goto err_free;
+	c->job = j;
+	c->state = C_RESOLVING;
+	c->watch.fd = j->fds[0];
+	c->events = EPOLLIN;
+	err = egd_loop_add(c->u->loop, &c->watch, EPOLLIN);
+	if (err) {
+		/* The thread still holds its reference. */
+		c->watch.fd = -1;
+		c->job = NULL;
+		job_put(j);
+		return err;
+	}
+	return 0;
+
+err_free:
+	atomic_init(&j->refs, 1);
+	job_put(j);
+	return err;
+}
+
+static void dns_done(struct uconn *c)
+{
+	struct dns_job *j = c->job;
+	struct egd_upstream *u = c->u;
+
+	egd_loop_del(u->loop, &c->watch);
+	c->watch.fd = -1;
+	c->job = NULL;
+	if (j->err) {
+		egd_warn("upstream: cannot resolve %s: %s", u->cfg->upstream_host,
+			 strerror(-j->err));
+		job_put(j);
+		req_fail(c->req, -EHOSTUNREACH);
+		return;
+	}
+	u->addrs = j->addrs;
+	u->addrs_at_ms = egd_now_ms();
+	c->addrs = j->addrs;
+	job_put(j);
+	c->addr_idx = 0;
+	if (conn_start_connect(c))
+		req_fail(c->req, -EHOSTUNREACH);
+}
+
+/* ---- TLS ----------------------------------------------------------------- */
+
+static SSL_CTX *client_ctx(const struct egd_proxy_config *cfg)
+{
+	static const unsigned char alpn[] = "\x08http/1.1";
+	SSL_CTX *ctx = SSL_CTX_new(TLS_client_method());
+
+	if (!ctx)
+		return NULL;
+	SSL_CTX_set_min_proto_version(ctx, TLS1_2_VERSION);
+	SSL_CTX_set_mode(ctx, SSL_MODE_ENABLE_PARTIAL_WRITE | SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER);
+	SSL_CTX_set_verify(ctx, SSL_VERIFY_PEER, NULL);
+	if (SSL_CTX_set_default_verify_paths(ctx) != 1)
+		egd_warn("upstream: no system trust store");
+	if (cfg->upstream_ca_file &&
+	    SSL_CTX_load_verify_locations(ctx, cfg->upstream_ca_file, NULL) != 1) {
+		egd_err("upstream: cannot load UPSTREAM_CA_FILE %s", cfg->upstream_ca_file);
+		SSL_CTX_free(ctx);
+		errno = EINVAL;
+		return NULL;
+	}
+	SSL_CTX_set_alpn_protos(ctx, alpn, sizeof(alpn) - 1);
+	return ctx;
+}
+
+/* ---- connections ------------------------------------------------------- */
+
+static void conn_set_events(struct uconn *c, uint32_t events)
+{
+	if (c->events == events || c->watch.fd < 0)
+		return;
+	if (!egd_loop_mod(c->u->loop, &c->watch, events))
+		c->events = events;
+}
+
+static void conn_unlink_idle(struct uconn *c)
+{
+	struct uconn **pp;
+
+	for (pp = &c->u->idle; *pp; pp = &(*pp)->idle_next) {
+		if (*pp == c) {
+			*pp = c->idle_next;
+			c->u->nidle--;
+			break;
+		}
+	}
+	c->idle_next = NULL;
+	egd_timer_cancel(c->u->loop, &c->idle_timer);
+}
+
+static void conn_close(struct uconn *c)
+{
+	struct egd_upstream *u = c->u;
+
+	if (c->state == C_IDLE)
+		conn_unlink_idle(c);
+	egd_timer_cancel(u->loop, &c->idle_timer);
+	if (c->watch.fd >= 0)
+		egd_loop_del(u->loop, &c->watch);
+	if (c->job)
+		job_put(c->job);
+	if (c->ssl)
+		SSL_free(c->ssl);
+	if (c->fd >= 0)
+		close(c->fd);
+	if (c->req)
+		c->req->c = NULL;
+	if (c->prev)
+		c->prev->next = c->next;
+	else
+		u->conns = c->next;
+	if (c->next)
+		c->next->prev = c->prev;
+	free(c);
+}
+
+static void idle_timeout(struct egd_timer *t)
+{
+	conn_close(container_of(t, struct uconn, idle_timer));
+}
+
+static struct uconn *conn_new(struct egd_upstream *u)
+{
+	struct uconn *c = calloc(1, sizeof(*c));
+
+	if (!c)
+		return NULL;
+	c->u = u;
+	c->fd = -1;
+	c->watch.fd = -1;
+	c->watch.cb = conn_cb;
+	c->idle_timer.cb = idle_timeout;
+	c->next = u->conns;
+	if (u->conns)
+		u->conns->prev = c;
+	u->conns = c;
+	return c;
+}
+
+/* Try the addresses from c->addr_idx on until one connect() is under way. */
+static int conn_start_connect(struct uconn *c)
+{
+	struct egd_upstream *u = c->u;
+
+	while (c->addr_idx < c->addrs.n) {
+		const struct sockaddr *sa = (const struct sockaddr *)&c->addrs.a[c->addr_idx];
+		int one = 1, fd;
+
+		c->addr_idx++;
+		fd = socket(sa->sa_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+		if (fd < 0)
+			continue;
+		/* Requests are written whole; Nagle would only delay them. */
+		setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+		if (connect(fd, sa, c->addrs.len[c->addr_idx - 1]) && errno != EINPROGRESS) {
+			close(fd);
+			continue;
+		}
+		c->fd = fd;
+		c->watch.fd = fd;
+		c->state = C_CONNECTING;
+		c->events = EPOLLOUT;
+		if (egd_loop_add(u->loop, &c->watch, EPOLLOUT)) {
+			c->watch.fd = -1;
+			return -ENOMEM;
+		}
+		return 0;
+	}
+	return -ECONNREFUSED;
+}
+
+static int conn_start_tls(struct uconn *c)
+{
+	struct egd_upstream *u = c->u;
+
+	c->ssl = SSL_new(u->ssl_ctx);
+	if (!c->ssl || SSL_set_fd(c->ssl, c->fd) != 1)
+		return -ENOMEM;
+	if (!u->is_ip && SSL_set_tlsext_host_name(c->ssl, u->cfg->upstream_host) != 1)
+		return -ENOMEM;
+	/* The chain alone is not enough: the name must be the upstream's. */
+	if (u->is_ip) {
+		if (X509_VERIFY_PARAM_set1_ip_asc(SSL_get0_param(c->ssl),
+						  u->cfg->upstream_host) != 1)
+			return -ENOMEM;
+	} else if (SSL_set1_host(c->ssl, u->cfg->upstream_host) != 1) {
+		return -ENOMEM;
+	}
+	c->state = C_HANDSHAKE;
+	return 0;
+}
+
+/* ---- one request on one connection ------------------------------------- */
+
+static void req_free(struct egd_upstream_req *r)
+{
+	egd_timer_cancel(r->u->loop, &r->timer);
+	egd_http_parser_destroy(r->parser);
+	free(r->out);
+	free(r);
+}
+
+static void req_arm(struct egd_upstream_req *r)
+{
+	unsigned long long ms = (unsigned long long)r->u->cfg->upstream_timeout_s * 1000ULL;
+
+	egd_timer_arm(r->u->loop, &r->timer, egd_now_ms() + (ms ? ms : 1));
+}
+
+/* Report @err once and forget the request; the connection is not reusable. */
+static void req_fail(struct egd_upstream_req *r, int err)
+{
+	struct uconn *c = r->c;
+
+	if (c) {
+		c->req = NULL;
+		r->c = NULL;
+		conn_close(c);
+	}
+	r->cbs.on_done(r->ctx, err);
+	req_free(r);
+}
+
+static int req_attach(struct egd_upstream_req *r);
+
+/* A reused connection failed before any answer: the server most likely
+ * closed it while idle. Once, on a fresh connection. */
+static int req_retry(struct egd_upstream_req *r)
+{
+	struct uconn *c = r->c;
+
+	if (!c || !c->reused || r->got_bytes || r->retried)
+		return 0;
+	r->retried = 1;
+	c->req = NULL;
+	r->c = NULL;
+	conn_close(c);
+	r->out_off = 0;
+	egd_http_parser_reset(r->parser);
+	return req_attach(r) == 0;
+}
+
+static void req_error(struct egd_upstream_req *r, int err)
+{
+	if (req_retry(r))
+		return;
+	req_fail(r, err);
+}
+
+static int body_cb(void *ctx, const uint8_t *data, size_t len)
+{
+	struct egd_upstream_req *r = ctx;
+	int ret = r->cbs.on_body ? r->cbs.on_body(r->ctx, data, len) : 0;
+
+	if (ret)
+		r->aborted = 1;
+	return ret;
+}
+
+/* The response is complete: the connection goes idle (or away), then the
+ * caller hears of it, free to send its next request on the same one. */
+static void req_complete(struct egd_upstream_req *r, int reusable)
+{
+	struct uconn *c = r->c;
+	struct egd_upstream *u = r->u;
+
+	c->req = NULL;
+	r->c = NULL;
+	if (reusable && u->nidle < EGD_UPSTREAM_POOL_MAX_IDLE) {
+		c->state = C_IDLE;
+		c->reused = 1;
+		c->idle_next = u->idle;
+		u->idle = c;
+		u->nidle++;
+		conn_set_events(c, EPOLLIN);
+		egd_timer_arm(u->loop, &c->idle_timer, egd_now_ms() + EGD_UPSTREAM_IDLE_MS);
+	} else {
+		conn_close(c);
+	}
+	r->cbs.on_done(r->ctx, 0);
+	req_free(r);
+}
+
+/* Returns bytes read, 0 at EOF, -EAGAIN, or another negative errno. */
+static ssize_t conn_read(struct uconn *c, void *buf, size_t len)
+{
+	ssize_t n;
+	int e;
+
+	if (!c->ssl) {
+		n = read(c->fd, buf, len);
+		return n >= 0 ? n : (errno == EAGAIN || errno == EINTR) ? -EAGAIN : -errno;
+	}
+	ERR_clear_error();
+	n = SSL_read(c->ssl, buf, (int)len);
+	if (n > 0)
+		return n;
+	e = SSL_get_error(c->ssl, (int)n);
+	if (e == SSL_ERROR_WANT_READ)
+		return -EAGAIN;
+	if (e == SSL_ERROR_WANT_WRITE) {
+		c->ssl_want_write = 1;
+		return -EAGAIN;
+	}
+	if (e == SSL_ERROR_ZERO_RETURN)
+		return 0;
+	/* A close without close_notify: the http1 parser judges whether the
+	 * message was complete. */
+	if (e == SSL_ERROR_SYSCALL && !ERR_peek_error())
+		return errno && errno != EAGAIN ? -errno : 0;
+	return -EPROTO;
+}
+
+static ssize_t conn_write(struct uconn *c, const void *buf, size_t len)
+{
+	ssize_t n;
+	int e;
+
+	if (!c->ssl) {
+		n = send(c->fd, buf, len, MSG_NOSIGNAL);
+		return n >= 0 ? n : (errno == EAGAIN || errno == EINTR) ? -EAGAIN : -errno;
+	}
+	ERR_clear_error();
+	n = SSL_write(c->ssl, buf, (int)len);
+	if (n > 0)
+		return n;
+	e = SSL_get_error(c->ssl, (int)n);
+	if (e == SSL_ERROR_WANT_READ || e == SSL_ERROR_WANT_WRITE)
+		return -EAGAIN;
+	return -EPIPE;
+}
+
+/* The caller gave up from a callback: no on_done, connection unusable. */
+static void req_abort(struct egd_upstream_req *r)
+{
+	struct uconn *c = r->c;
+
+	if (c) {
+		c->req = NULL;
+		conn_close(c);
+	}
+	req_free(r);
+}
+
+static void req_feed(struct egd_upstream_req *r, const uint8_t *buf, size_t len)
+{
+	size_t off = 0, used;
+	int ret;
+
+	while (off < len) {
+		const struct egd_http_msg *m;
+
+		ret = egd_http_parse(r->parser, buf + off, len - off, &used);
+		off += used;
+		if (r->aborted) {
+			req_abort(r);
+			return;
+		}
+		if (ret < 0) {
+			egd_warn("upstream: bad response: %s",
+				 egd_http_parser_error(r->parser));
+			req_fail(r, -EBADMSG);
+			return;
+		}
+		if (ret == EGD_HTTP_MORE)
+			continue;
+		m = egd_http_parser_msg(r->parser);
+		if (m->status < 200) {
+			/* 1xx interim: the final answer follows. */
+			if (ret == EGD_HTTP_DONE)
+				egd_http_parser_reset(r->parser);
+			continue;
+		}
+		if (!r->head_done) {
+			r->head_done = 1;
+			if (r->cbs.on_head && r->cbs.on_head(r->ctx, m)) {
+				req_abort(r);
+				return;
+			}
+		}
+		if (ret == EGD_HTTP_DONE) {
+			req_complete(r, m->keep_alive && !m->until_eof && off == len);
+			return;
+		}
+	}
+}
+
+static void conn_active_io(struct uconn *c)
+{
+	struct egd_upstream_req *r = c->req;
+	uint8_t buf[UP_READ_CHUNK_BYTES];
+	ssize_t n;
+
+	if (!r) {
+		conn_close(c);
+		return;
+	}
+	while (r->out_off < r->out_len) {
+		n = conn_write(c, r->out + r->out_off, r->out_len - r->out_off);
+		if (n == -EAGAIN)
+			break;
+		if (n < 0) {
+			req_error(r, -EPIPE);
+			return;
+		}
+		r->out_off += (size_t)n;
+	}
+	c->ssl_want_write = 0;
+	for (;;) {
+		n = conn_read(c, buf, sizeof(buf));
+		if (n == -EAGAIN)
+			break;
+		if (n < 0) {
+			req_error(r, (int)n);
+			return;
+		}
+		if (n == 0) {
+			int ret = egd_http_parse_eof(r->parser);
+
+			if (ret == EGD_HTTP_DONE && r->head_done) {
+				req_complete(r, 0);
+			} else if (ret == EGD_HTTP_DONE) {
+				r->head_done = 1;
+				if (!r->cbs.on_head ||
+				    !r->cbs.on_head(r->ctx, egd_http_parser_msg(r->parser)))
+					req_complete(r, 0);
+				else
+					req_fail(r, -ECANCELED);
+			} else {
+				req_error(r, -ECONNRESET);
+			}
+			return;
+		}
+		r->got_bytes = 1;
+		req_arm(r);
+		/* The request may finish (or die) inside; stop touching it
+		 * unless it is still ours and still on this connection. */
+		req_feed(r, buf, (size_t)n);
+		if (c->req != r)
+			return;
+	}
+	conn_set_events(c, EPOLLIN | (r->out_off < r->out_len || c->ssl_want_write ? EPOLLOUT : 0));
+}
+
+static void conn_cb(struct egd_watch *w, uint32_t events)
+{
+	struct uconn *c = container_of(w, struct uconn, watch);
+	int err, e;
+	socklen_t len = sizeof(err);
+
+	switch (c->state) {
+	case C_RESOLVING:
+		dns_done(c);
+		return;
+	case C_IDLE:
+		/* Data or EOF on an idle connection: the server closed it or
+		 * broke the protocol; either way it is not reusable. */
+		conn_close(c);
+		return;
+	case C_CONNECTING:
+		if (getsockopt(c->fd, SOL_SOCKET, SO_ERROR, &err, &len) || err) {
+			egd_loop_del(c->u->loop, &c->watch);
+			close(c->fd);
+			c->fd = c->watch.fd = -1;
+			if (conn_start_connect(c)) {
+				egd_warn("upstream: cannot connect to %s:%u: %s",
+					 c->u->cfg->upstream_host, c->u->cfg->upstream_port,
+					 strerror(err ? err : errno));
+				req_fail(c->req, -ECONNREFUSED);
+			}
+			return;
+		}
+		if (!c->u->ssl_ctx) {
+			c->state = C_ACTIVE;
+			conn_active_io(c);
+			return;
+		}
+		if (conn_start_tls(c)) {
+			req_fail(c->req, -ENOMEM);
+			return;
+		}
+		/* fall through */
+	case C_HANDSHAKE:
+		ERR_clear_error();
+		e = SSL_connect(c->ssl);
+		if (e == 1) {
+			c->state = C_ACTIVE;
+			conn_active_io(c);
+			return;
+		}
+		e = SSL_get_error(c->ssl, e);
+		if (e == SSL_ERROR_WANT_READ) {
+			conn_set_events(c, EPOLLIN);
+		} else if (e == SSL_ERROR_WANT_WRITE) {
+			conn_set_events(c, EPOLLOUT);
+		} else {
+			long v = SSL_get_verify_result(c->ssl);
+
+			egd_warn("upstream: TLS handshake with %s failed: %s",
+				 c->u->cfg->upstream_host,
+				 v != X509_V_OK ? X509_verify_cert_error_string(v)
+						: "protocol error");
+			req_fail(c->req, -EPROTO);
+		}
+		return;
+	case C_ACTIVE:
+		conn_active_io(c);
+		return;
+	}
+	(void)events;
+}
+
+/* Give @r a connection: an idle one, else a new one. Returns 0 or -errno. */
+static int req_attach(struct egd_upstream_req *r)
+{
+	struct egd_upstream *u = r->u;
+	struct uconn *c = u->idle;
+	int err;
+
+	if (c) {
+		conn_unlink_idle(c);
+		c->state = C_ACTIVE;
+		c->req = r;
+		r->c = c;
+		conn_set_events(c, EPOLLIN | EPOLLOUT);
+		return 0;
+	}
+	c = conn_new(u);
+	if (!c)
+		return -ENOMEM;
+	c->req = r;
+	r->c = c;
+	if (u->fixed || (u->addrs.n && egd_now_ms() - u->addrs_at_ms < EGD_UPSTREAM_DNS_TTL_MS)) {
+		c->addrs = u->addrs;
+		err = conn_start_connect(c);
+	} else {
+		err = dns_start(c);
+	}
+	if (err) {
+		c->req = NULL;
+		r->c = NULL;
+		conn_close(c);
+	}
+	return err;
+}
+
+static void req_timer(struct egd_timer *t)
+{
+	struct egd_upstream_req *r = container_of(t, struct egd_upstream_req, timer);
+
+	if (r->pending_err) {
+		req_fail(r, r->pending_err);
+		return;
+	}
+	egd_warn("upstream: no progress in %u s", r->u->cfg->upstream_timeout_s);
+	req_fail(r, -ETIMEDOUT);
+}
+
+struct egd_upstream_req *egd_upstream_send(struct egd_upstream *u, const char *method,
+					   const char *path, const struct egd_http_header *headers,
+					   size_t n, const void *body, size_t body_len,
+					   const struct egd_upstream_cbs *cbs, void *ctx)
+{
+	struct egd_upstream_req *r = calloc(1, sizeof(*r));
+	int err;
+
+	if (!r) {
+		errno = ENOMEM;
+		return NULL;
+	}
+	r->u = u;
+	r->cbs = *cbs;
+	r->ctx = ctx;
+	r->timer.cb = req_timer;
+	r->out = egd_http_request(method, u->host_header, path, headers, n, body, body_len,
+				  &r->out_len);
+	if (!r->out) {
+		err = -errno;
+		goto err_free;
+	}
+	r->parser = egd_http_parser_new(EGD_HTTP_RESPONSE, EGD_UPSTREAM_RESPONSE_MAX_BYTES);
+	if (!r->parser) {
+		err = -errno;
+		goto err_free;
+	}
+	egd_http_parser_set_body_cb(r->parser, body_cb, r);
+	if (!strcmp(method, "HEAD"))
+		egd_http_parser_expect_no_body(r->parser);
+	err = req_attach(r);
+	if (err) {
+		/* Unreachable before trying is still reported from the loop. */
+		r->pending_err = err == -ENOMEM ? -ENOMEM : -ECONNREFUSED;
+		egd_timer_arm(u->loop, &r->timer, egd_now_ms());
+		return r;
+	}
+	req_arm(r);
+	return r;
+
+err_free:
+	req_free(r);
+	errno = -err;
+	return NULL;
+}
+
+void egd_upstream_cancel(struct egd_upstream_req *r)
+{
+	if (!r)
+		return;
+	if (r->c) {
+		r->c->req = NULL;
+		conn_close(r->c);
+	}
+	req_free(r);
+}
+
+size_t egd_upstream_idle_count(const struct egd_upstream *u)
+{
+	return u->nidle;
+}
+
+struct egd_upstream *egd_upstream_new(struct egd_loop *loop, const struct egd_proxy_config *cfg)
+{
+	struct egd_upstream *u = calloc(1, sizeof(*u));
+	int err, default_port;
+
+	if (!u) {
+		errno = ENOMEM;
+		return NULL;
+	}
+	u->loop = loop;
+	u->cfg = cfg;
+	default_port = cfg->upstream_tls ? 443 : 80;
+	if (strchr(cfg->upstream_host, ':'))
+		snprintf(u->host_header, sizeof(u->host_header), "[%s]", cfg->upstream_host);
+	else
+		snprintf(u->host_header, sizeof(u->host_header), "%s", cfg->upstream_host);
+	if (cfg->upstream_port != default_port) {
+		size_t l = strlen(u->host_header);
+
+		snprintf(u->host_header + l, sizeof(u->host_header) - l, ":%u",
+			 cfg->upstream_port);
+	}
+	err = -EINVAL;
+	if (cfg->upstream_resolve) {
+		int found = resolve_override(u, cfg->upstream_resolve);
+
+		if (found < 0) {
+			egd_err("upstream: bad UPSTREAM_RESOLVE '%s'", cfg->upstream_resolve);
+			err = found;
+			goto err_free;
+		}
+		u->fixed = found;
+	}
+	if (!u->fixed && addr_parse(cfg->upstream_host, cfg->upstream_port, &u->addrs.a[0],
+				    &u->addrs.len[0]) == 0) {
+		u->addrs.n = 1;
+		u->fixed = 1;
+		u->is_ip = 1;
+	} else {
+		struct sockaddr_storage ss;
+		socklen_t l;
+
+		u->is_ip = addr_parse(cfg->upstream_host, 0, &ss, &l) == 0;
+	}
+	if (cfg->upstream_tls) {
+		u->ssl_ctx = client_ctx(cfg);
+		if (!u->ssl_ctx)
+			goto err_free;
+	}
+	return u;
+
+err_free:
+	free(u);
+	errno = -err;
+	return NULL;
+}
+
+void egd_upstream_destroy(struct egd_upstream *u)
+{
+	if (!u)
+		return;
+	while (u->conns) {
+		struct egd_upstream_req *r = u->conns->req;
+
+		conn_close(u->conns);
+		if (r)
+			req_free(r);
+	}
+	SSL_CTX_free(u->ssl_ctx);
+	free(u);
+}
