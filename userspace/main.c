@@ -313,6 +313,29 @@ static int wait_ready(int fd, pid_t daemon)
 	return -1;
 }
 
+/*
+ * Point the usual TLS trust variables of the child at the daemon's CA, when
+ * the daemon has published one, so intercepted flows verify without the
+ * command knowing about egressd.
+ */
+static void trust_ca_for_child(void)
+{
+	const char *dir = getenv("EGRESSD_CA_DIR");
+	char bundle[PATH_MAX], ca[PATH_MAX];
+
+	if (!dir)
+		dir = "/var/run/egressd/ca";
+	snprintf(bundle, sizeof(bundle), "%s/ca-bundle.crt", dir);
+	snprintf(ca, sizeof(ca), "%s/ca.crt", dir);
+	if (access(bundle, R_OK) || access(ca, R_OK))
+		return;
+	setenv("SSL_CERT_FILE", bundle, 1);
+	setenv("REQUESTS_CA_BUNDLE", bundle, 1);
+	setenv("CURL_CA_BUNDLE", bundle, 1);
+	setenv("GIT_SSL_CAINFO", bundle, 1);
+	setenv("NODE_EXTRA_CA_CERTS", ca, 1);
+}
+
 static int cmd_exec(int argc, char **argv)
 {
 	char cg_root[PATH_MAX], cg[PATH_MAX], self_cg[PATH_MAX], pin[PATH_MAX];
@@ -399,6 +422,8 @@ static int cmd_exec(int argc, char **argv)
 	child = fork();
 	if (child == 0) {
 		int err = egd_cgroup_enter(cg, getpid());
+
+		trust_ca_for_child();
 
 		if (err) {
 			egd_err("entering %s: %s", cg, strerror(-err));
