@@ -37,10 +37,11 @@ exempt() {
 }
 
 # Servers run in the server namespace and in a cgroup of their own, so
-# teardown can kill every one of them at once.
+# teardown can kill every one of them at once. It is a sibling of the
+# sandbox cgroup, not a child: the programs attached there would capture it.
 in_srv() {
 	exec nsenter --net="/run/netns/$NS_S" sh -c 'echo $$ > "$0/cgroup.procs" && exec "$@"' \
-		"$CG/srv" "$@"
+		"$CG_SRV" "$@"
 }
 
 wait_for() { # wait_for SECONDS CMD... : retry until CMD succeeds
@@ -79,7 +80,8 @@ egd_setup_net() {
 
 egd_setup_cgroups() {
 	CG="$CG_ROOT/egdt-$ID"
-	mkdir -p "$CG/agent" "$CG/daemon" "$CG/srv"
+	CG_SRV="$CG_ROOT/egdt-$ID-srv"
+	mkdir -p "$CG/agent" "$CG/daemon" "$CG_SRV"
 	mkdir -p "$T/bpffs"
 	mount -t bpf bpf "$T/bpffs"
 	PIN="$T/bpffs/egressd"
@@ -137,7 +139,7 @@ egd_teardown() {
 	[ -n "${DAEMON_PID:-}" ] && kill "$DAEMON_PID" 2>/dev/null
 	[ -n "${SERVERS_PID:-}" ] && kill "$SERVERS_PID" 2>/dev/null
 	if [ -n "${CG:-}" ]; then
-		for c in "$CG/agent" "$CG/daemon" "$CG/srv" "$CG"; do
+		for c in "$CG/agent" "$CG/daemon" "$CG_SRV" "$CG"; do
 			[ -e "$c/cgroup.kill" ] && echo 1 >"$c/cgroup.kill" 2>/dev/null
 		done
 	fi
@@ -145,7 +147,7 @@ egd_teardown() {
 	[ -n "${PIN:-}" ] && [ -e "$PIN" ] && "$EGRESSD" detach --pin "$PIN" 2>/dev/null
 	[ -n "${T:-}" ] && mountpoint -q "$T/bpffs" && umount "$T/bpffs"
 	if [ -n "${CG:-}" ]; then
-		for c in "$CG/agent" "$CG/daemon" "$CG/srv" "$CG"; do
+		for c in "$CG/agent" "$CG/daemon" "$CG_SRV" "$CG"; do
 			for _ in 1 2 3 4 5 6 7 8 9 10; do
 				[ -d "$c" ] || break
 				rmdir "$c" 2>/dev/null && break

@@ -55,6 +55,8 @@ static const struct opt opts[] = {
 	  604800, "a tunnel with no traffic either way for this long is closed" },
 	{ "max-conns", "EGRESSD_MAX_CONNS", "8192", OPT_UINT, OFF(max_conns), 1, 1000000,
 	  "connections handled at once; more are reset" },
+	{ "workers", "EGRESSD_WORKERS", "0", OPT_UINT, OFF(workers), 0, EGD_WORKERS_MAX,
+	  "event-loop threads; 0 = one per online CPU" },
 	{ "pin", "EGRESSD_PIN_DIR", "/sys/fs/bpf/egressd", OPT_PATH, OFF(pin_dir), 0, 0,
 	  "where egressd attach pinned the BPF maps" },
 	{ "mode", "EGRESSD_MODE", "bpf", OPT_MODE, OFF(mode), 0, 0, "capture mode: bpf" },

@@ -26,6 +26,10 @@ enum egd_mode_req {
 	EGD_MODE_NFT,
 };
 
+/* Upper bound on event-loop threads (EGRESSD_WORKERS), whatever the CPU
+ * count says: past a few dozen, threads only add memory and contention. */
+#define EGD_WORKERS_MAX 64
+
 struct egd_config_run {
 	uint16_t listen_port;		/* host order */
 	struct egd_addr admin;		/* family 0 when disabled */
@@ -39,6 +43,7 @@ struct egd_config_run {
 	unsigned int connect_timeout_ms;
 	unsigned int idle_timeout_s;
 	unsigned int max_conns;
+	unsigned int workers; /* event-loop threads; 0: one per online CPU */
 	char pin_dir[PATH_MAX];
 	enum egd_mode_req mode;
 	int log_level;

@@ -22,11 +22,14 @@ void egd_log(enum egd_log_level level, const char *fmt, ...)
 	if (level > log_level)
 		return;
 	egd_timestamp(ts, sizeof(ts));
+	/* One line per message, whichever worker thread logs at once. */
+	flockfile(stderr);
 	fprintf(stderr, "%s egressd %s: ", ts, names[level]);
 	va_start(ap, fmt);
 	vfprintf(stderr, fmt, ap);
 	va_end(ap);
 	fputc('\n', stderr);
+	funlockfile(stderr);
 }
 
 void egd_audit_set_stream(FILE *f)

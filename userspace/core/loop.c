@@ -26,6 +26,7 @@ struct egd_loop {
 	size_t heap_len, heap_cap;
 	struct defer *defers;
 	size_t defer_len, defer_cap;
+	struct defer on_turn;
 };
 
 static void run_defers(struct egd_loop *loop);
@@ -210,6 +211,11 @@ static void run_defers(struct egd_loop *loop)
 	free(batch);
 }
 
+void egd_loop_on_turn(struct egd_loop *loop, egd_defer_cb cb, void *arg)
+{
+	loop->on_turn = (struct defer){ cb, arg };
+}
+
 int egd_loop_run(struct egd_loop *loop)
 {
 	struct epoll_event evs[LOOP_EVENTS_PER_WAIT];
@@ -239,6 +245,8 @@ int egd_loop_run(struct egd_loop *loop)
 		}
 		run_defers(loop);
 		run_timers(loop);
+		if (loop->on_turn.cb)
+			loop->on_turn.cb(loop->on_turn.arg);
 	}
 	return 0;
 }

@@ -46,6 +46,10 @@ void egd_timer_cancel(struct egd_loop *loop, struct egd_timer *t);
 typedef void (*egd_defer_cb)(void *arg);
 int egd_loop_defer(struct egd_loop *loop, egd_defer_cb cb, void *arg);
 
+/* Call @cb(@arg) at the end of every turn, before the loop sleeps again:
+ * work batched over a turn (log lines) is written there, once. */
+void egd_loop_on_turn(struct egd_loop *loop, egd_defer_cb cb, void *arg);
+
 /* Run until egd_loop_stop(). Returns 0, or -errno if epoll fails. */
 int egd_loop_run(struct egd_loop *loop);
 void egd_loop_stop(struct egd_loop *loop);

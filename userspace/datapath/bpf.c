@@ -247,6 +247,19 @@ int egd_bpf_attach(const struct egd_attach_opts *o)
 
 	if (o->n_resolvers > EGD_RESOLVERS_MAX_ENTRIES || o->n_exempt > EGD_EXEMPT_MAX_ENTRIES)
 		return -E2BIG;
+	/*
+	 * The sk_msg path stays off until it is both correct and faster (see
+	 * bench/README.md): the daemon's sockets are never in the SOCKHASH, so
+	 * nothing is redirected, the agent's socket pays the sockmap's cost
+	 * anyway, and a blocking recv() on it can return EAGAIN, which clients
+	 * treat as fatal. Refusing is better than an agent that breaks.
+	 */
+	if (o->accel) {
+		egd_err("--accel on: experimental fast path disabled: the sk_msg redirect has "
+			"no peer socket to reach and breaks blocking recv() in the agent; "
+			"attach with --accel off");
+		return -EOPNOTSUPP;
+	}
 	err = pin_path(path, sizeof(path), o->pin_dir, "links", "egd_connect4");
 	if (err)
 		return err;

@@ -69,10 +69,38 @@ int egd_daemon_ready(const struct egd_daemon *d)
 	return 1;
 }
 
+/* Relaxed loads: each counter has one writer, its worker; a scrape may be a
+ * few events behind, never torn. */
+#define SUM(dst, field)                                                                   \
+	do {                                                                               \
+		(dst)->field = 0;                                                          \
+		for (unsigned int i_ = 0; i_ < d->n_workers; i_++)                        \
+			(dst)->field += __atomic_load_n(&d->workers[i_].m.field,           \
+							__ATOMIC_RELAXED);                 \
+	} while (0)
+
+static void sum_metrics(const struct egd_daemon *d, struct egd_metrics *m)
+{
+	for (int v = 0; v < EGD_VERDICT_MAX; v++)
+		for (int r = 0; r < EGD_REASON_MAX; r++)
+			SUM(m, conns[v][r]);
+	SUM(m, bytes_up);
+	SUM(m, bytes_down);
+	SUM(m, open_tunnels);
+	SUM(m, tunnel_errors_connect);
+	SUM(m, tunnel_errors_reset);
+	SUM(m, tunnel_closed_idle);
+	SUM(m, tunnel_closed_phase);
+	SUM(m, overload_resets);
+	SUM(m, sniff_timeouts);
+}
+
 static void render_metrics(struct egd_daemon *d, struct sbuf *b)
 {
-	const struct egd_metrics *m = &d->m;
+	struct egd_metrics sum, *m = &sum;
 	uint64_t k[EGD_CNT_MAX];
+
+	sum_metrics(d, &sum);
 
 	sb_printf(b, "# HELP egressd_connections_total Captured TCP connections by verdict and reason.\n"
 		     "# TYPE egressd_connections_total counter\n");
@@ -99,7 +127,7 @@ static void render_metrics(struct egd_daemon *d, struct sbuf *b)
 		  "# TYPE egressd_phase gauge\negressd_phase %d\n"
 		  "# HELP egressd_phase_changes_total Phase flips seen.\n"
 		  "# TYPE egressd_phase_changes_total counter\negressd_phase_changes_total %llu\n",
-		  d->phase, (unsigned long long)m->phase_changes);
+		  d->phase, (unsigned long long)d->phase_changes);
 	sb_printf(b,
 		  "# HELP egressd_tunnel_events_total Tunnels that ended other than by EOF.\n"
 		  "# TYPE egressd_tunnel_events_total counter\n"

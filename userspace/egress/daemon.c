@@ -1,6 +1,7 @@
 /* SPDX-License-Identifier: MIT */
 /*
- * egressd run: open the datapath, listen, follow the phase, serve until told
+ * egressd run: open the datapath, start one event-loop worker per CPU (each
+ * with its own SO_REUSEPORT listeners), follow the phase, serve until told
  * to stop. If anything needed for enforcement is missing the daemon exits
  * non-zero; with nobody listening on the capture port the agent's
  * connections are refused, which is the closed state we want.
@@ -17,6 +18,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/epoll.h>
+#include <sys/eventfd.h>
 #include <sys/resource.h>
 #include <sys/signalfd.h>
 #include <sys/socket.h>
@@ -25,35 +27,75 @@
 #define LISTEN_BACKLOG 4096
 #define IDLE_SCAN_MS 1000
 
-static int listen_on(const struct egd_addr *a, const char *what)
+static void listen_failed(const char *what, const char *name, int err)
+{
+	egd_err("%s on %s: %s%s", what, name, strerror(err),
+		err == EADDRINUSE ? " (another egressd running? set EGRESSD_LISTEN / "
+				    "EGRESSD_ADMIN_LISTEN)" :
+				    "");
+}
+
+/*
+ * Listen on @a. @reuseport lets every worker bind its own listener to the
+ * same address, and the kernel spreads connections over them.
+ */
+static int listen_on(const struct egd_addr *a, const char *what, int reuseport, int quiet)
 {
 	struct sockaddr_storage ss;
 	socklen_t sl = egd_addr_to_sockaddr(a, &ss);
 	char name[64];
-	int one = 1, fd;
+	int one = 1, fd, err;
 
 	egd_addr_format(a, name, sizeof(name));
 	fd = socket(ss.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
 	if (fd < 0)
 		goto err;
 	setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
+	if (reuseport)
+		setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof(one));
 	if (ss.ss_family == AF_INET6)
 		setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &one, sizeof(one));
 	if (bind(fd, (struct sockaddr *)&ss, sl) || listen(fd, LISTEN_BACKLOG)) {
-		int err = errno;
-
+		err = errno;
 		close(fd);
 		errno = err;
 		goto err;
 	}
-	egd_info("%s listening on %s", what, name);
+	if (!quiet)
+		egd_info("%s listening on %s", what, name);
 	return fd;
 err:
-	egd_err("%s on %s: %s%s", what, name, strerror(errno),
-		errno == EADDRINUSE ? " (another egressd running? set EGRESSD_LISTEN / "
-				      "EGRESSD_ADMIN_LISTEN)" :
-				      "");
-	return -errno;
+	err = errno;
+	if (!quiet)
+		listen_failed(what, name, err);
+	return -err;
+}
+
+/*
+ * SO_REUSEPORT would let a second egressd (same user) join this one's
+ * listeners and take half of the agent's connections. A plain bind first
+ * fails with EADDRINUSE while anyone listens on @a, as before workers.
+ */
+static int port_free(const struct egd_addr *a, const char *what)
+{
+	struct sockaddr_storage ss;
+	socklen_t sl = egd_addr_to_sockaddr(a, &ss);
+	char name[64];
+	int one = 1, fd, err = 0;
+
+	fd = socket(ss.ss_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	if (fd < 0)
+		return 0; /* no such family: listen_on says so */
+	setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
+	if (ss.ss_family == AF_INET6)
+		setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &one, sizeof(one));
+	if (bind(fd, (struct sockaddr *)&ss, sl) && errno == EADDRINUSE) {
+		err = -EADDRINUSE;
+		egd_addr_format(a, name, sizeof(name));
+		listen_failed(what, name, EADDRINUSE);
+	}
+	close(fd);
+	return err;
 }
 
 static void raise_fd_limit(void)
@@ -66,6 +108,22 @@ static void raise_fd_limit(void)
 	}
 }
 
+static void stop_workers(struct egd_daemon *d)
+{
+	__atomic_store_n(&d->stopping, 1, __ATOMIC_RELEASE);
+	egd_daemon_kick_workers(d);
+}
+
+void egd_daemon_kick_workers(struct egd_daemon *d)
+{
+	uint64_t one = 1;
+
+	for (unsigned int i = 1; i < d->n_workers; i++)
+		if (d->workers[i].wake.fd >= 0 &&
+		    write(d->workers[i].wake.fd, &one, sizeof(one)) < 0)
+			egd_warn("waking worker %u: %s", i, strerror(errno));
+}
+
 static void on_signal(struct egd_watch *w, uint32_t events)
 {
 	struct egd_daemon *d = (struct egd_daemon *)((char *)w - offsetof(struct egd_daemon, signals));
@@ -74,22 +132,49 @@ static void on_signal(struct egd_watch *w, uint32_t events)
 	(void)events;
 	while (read(w->fd, &si, sizeof(si)) == sizeof(si)) {
 		egd_info("signal %u: shutting down", si.ssi_signo);
+		stop_workers(d);
 		egd_loop_stop(d->loop);
 	}
 }
 
+/* A worker's eventfd: thread 0 changed the phase, or asks it to stop. */
+static void on_wake(struct egd_watch *w, uint32_t events)
+{
+	struct egd_worker *wk =
+		(struct egd_worker *)((char *)w - offsetof(struct egd_worker, wake));
+	uint64_t n;
+
+	(void)events;
+	if (read(w->fd, &n, sizeof(n)) < 0 && errno != EAGAIN)
+		egd_warn("worker %u wakeup: %s", wk->id, strerror(errno));
+	if (__atomic_load_n(&wk->d->stopping, __ATOMIC_ACQUIRE)) {
+		egd_loop_stop(wk->loop);
+		return;
+	}
+	egd_engine_phase_changed(wk);
+}
+
 static void on_idle_scan(struct egd_timer *t)
 {
-	struct egd_daemon *d = (struct egd_daemon *)((char *)t - offsetof(struct egd_daemon, idle_scan));
+	struct egd_worker *wk =
+		(struct egd_worker *)((char *)t - offsetof(struct egd_worker, idle_scan));
 
-	egd_engine_idle_scan(d);
-	egd_timer_arm(d->loop, t, egd_now_ms() + IDLE_SCAN_MS);
+	egd_engine_idle_scan(wk);
+	egd_timer_arm(wk->loop, t, egd_now_ms() + IDLE_SCAN_MS);
+}
+
+static void on_turn(void *arg)
+{
+	(void)arg;
+	egd_audit_flush();
 }
 
 static int setup_signals(struct egd_daemon *d)
 {
 	sigset_t set;
 
+	/* Blocked before any worker starts, so that only thread 0's signalfd
+	 * ever sees them. */
 	signal(SIGPIPE, SIG_IGN);
 	sigemptyset(&set);
 	sigaddset(&set, SIGTERM);
@@ -143,10 +228,140 @@ static void notify_ready(void)
 	}
 }
 
+static unsigned int worker_count(const struct egd_config_run *cfg)
+{
+	long n = cfg->workers ? (long)cfg->workers : sysconf(_SC_NPROCESSORS_ONLN);
+
+	if (n < 1)
+		n = 1;
+	return n > EGD_WORKERS_MAX ? EGD_WORKERS_MAX : (unsigned int)n;
+}
+
+/* Worker @wk's loop, resolver and listeners; worker 0 reuses d->loop. */
+static int worker_setup(struct egd_daemon *d, struct egd_worker *wk)
+{
+	struct egd_addr a4 = { .family = EGD_AF_INET }, a6 = { .family = EGD_AF_INET6 };
+	int quiet = wk->id != 0, err;
+
+	wk->loop = wk->id ? egd_loop_new() : d->loop;
+	if (!wk->loop)
+		return -errno;
+	egd_loop_on_turn(wk->loop, on_turn, NULL);
+	wk->resolver = egd_resolver_new(wk->loop);
+	if (!wk->resolver) {
+		err = -errno;
+		egd_err("starting the resolver thread: %s", strerror(errno));
+		return err;
+	}
+	if (wk->id) {
+		wk->wake.fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+		wk->wake.cb = on_wake;
+		if (wk->wake.fd < 0)
+			return -errno;
+		err = egd_loop_add(wk->loop, &wk->wake, EPOLLIN);
+		if (err)
+			return err;
+	}
+
+	a4.addr[0] = htonl(INADDR_LOOPBACK);
+	a4.port = a6.port = htons(d->cfg.listen_port);
+	a6.addr[3] = htonl(1);
+	wk->listen4.wk = wk->listen6.wk = wk;
+	wk->listen4.addr = a4;
+	wk->listen6.addr = a6;
+	wk->listen4.w.cb = wk->listen6.w.cb = egd_engine_accept;
+	wk->listen4.w.fd = listen_on(&a4, "capture", 1, quiet);
+	if (wk->listen4.w.fd < 0)
+		return wk->listen4.w.fd;
+	/* No IPv6 loopback: v6 connects land nowhere and fail, closed. */
+	if (wk->id == 0 || d->workers[0].listen6.w.fd >= 0) {
+		wk->listen6.w.fd = listen_on(&a6, "capture", 1, quiet);
+		if (wk->listen6.w.fd < 0 && wk->id == 0)
+			egd_warn("no IPv6 listener; IPv6 connections of the agent will fail");
+	}
+	err = egd_loop_add(wk->loop, &wk->listen4.w, EPOLLIN | EPOLLET);
+	if (!err && wk->listen6.w.fd >= 0)
+		err = egd_loop_add(wk->loop, &wk->listen6.w, EPOLLIN | EPOLLET);
+	if (err)
+		return err;
+	wk->idle_scan.cb = on_idle_scan;
+	return egd_timer_arm(wk->loop, &wk->idle_scan, egd_now_ms() + IDLE_SCAN_MS);
+}
+
+static void *worker_main(void *arg)
+{
+	struct egd_worker *wk = arg;
+
+	if (egd_loop_run(wk->loop))
+		egd_err("worker %u stopped on an event-loop error", wk->id);
+	egd_engine_close_all(wk);
+	egd_audit_flush();
+	return NULL;
+}
+
+/* After the worker's thread has ended (or never started). */
+static void worker_free(struct egd_worker *wk)
+{
+	egd_resolver_free(wk->resolver);
+	for (int *fd = (int[]){ wk->listen4.w.fd, wk->listen6.w.fd, wk->wake.fd, -2 }; *fd != -2;
+	     fd++)
+		if (*fd >= 0)
+			close(*fd);
+	if (wk->loop) {
+		/* Run the deferred frees of closed connections. */
+		egd_loop_stop(wk->loop);
+		if (wk->id)
+			egd_loop_free(wk->loop);
+	}
+	egd_engine_free_pipes(wk);
+}
+
+static int start_workers(struct egd_daemon *d)
+{
+	struct egd_addr a4 = { .family = EGD_AF_INET }, a6 = { .family = EGD_AF_INET6 };
+	unsigned int n = worker_count(&d->cfg);
+	int err;
+
+	a4.addr[0] = htonl(INADDR_LOOPBACK);
+	a4.port = a6.port = htons(d->cfg.listen_port);
+	a6.addr[3] = htonl(1);
+	if (port_free(&a4, "capture") || port_free(&a6, "capture"))
+		return -EADDRINUSE;
+	d->workers = calloc(n, sizeof(*d->workers));
+	if (!d->workers)
+		return -ENOMEM;
+	for (unsigned int i = 0; i < n; i++) {
+		struct egd_worker *wk = &d->workers[i];
+
+		wk->d = d;
+		wk->id = i;
+		wk->listen4.w.fd = wk->listen6.w.fd = wk->wake.fd = -1;
+		d->n_workers = i + 1;
+		err = worker_setup(d, wk);
+		if (err)
+			return err;
+	}
+	return 0;
+}
+
+/* Threads start once the phase is known, so no worker decides without it. */
+static int run_worker_threads(struct egd_daemon *d)
+{
+	for (unsigned int i = 1; i < d->n_workers; i++) {
+		int err = pthread_create(&d->workers[i].thread, NULL, worker_main, &d->workers[i]);
+
+		if (err) {
+			egd_err("starting worker %u: %s", i, strerror(err));
+			return -err;
+		}
+		d->workers[i].started = 1;
+	}
+	return 0;
+}
+
 int egd_daemon_run(const struct egd_config_run *cfg)
 {
 	struct egd_daemon *d = calloc(1, sizeof(*d));
-	struct egd_addr a4 = { .family = EGD_AF_INET }, a6 = { .family = EGD_AF_INET6 };
 	int err, rc = 1;
 
 	if (!d)
@@ -154,7 +369,7 @@ int egd_daemon_run(const struct egd_config_run *cfg)
 	d->cfg = *cfg;
 	d->bpf.phase_fd = d->bpf.config_fd = d->bpf.exempt_fd = d->bpf.resolver_fd = -1;
 	d->bpf.counters_fd = d->bpf.orig_fd = d->bpf.sockhash_fd = -1;
-	d->listen4.w.fd = d->listen6.w.fd = d->admin.fd = d->signals.fd = d->inotify.fd = -1;
+	d->admin.fd = d->signals.fd = d->inotify.fd = -1;
 	d->capture = EGD_CAPTURE_BPF;
 	raise_fd_limit();
 
@@ -163,32 +378,12 @@ int egd_daemon_run(const struct egd_config_run *cfg)
 		goto out;
 	if (setup_signals(d))
 		goto out;
-	d->resolver = egd_resolver_new(d->loop);
-	if (!d->resolver) {
-		egd_err("starting the resolver thread: %s", strerror(errno));
-		goto out;
-	}
 	if (setup_bpf(d))
 		goto out;
-
-	a4.addr[0] = htonl(INADDR_LOOPBACK);
-	a4.port = a6.port = htons(cfg->listen_port);
-	a6.addr[3] = htonl(1);
-	d->listen4.d = d->listen6.d = d;
-	d->listen4.w.cb = d->listen6.w.cb = egd_engine_accept;
-	d->listen4.w.fd = listen_on(&a4, "capture");
-	if (d->listen4.w.fd < 0)
-		goto out;
-	d->listen6.w.fd = listen_on(&a6, "capture");
-	if (d->listen6.w.fd < 0) {
-		/* No IPv6 loopback: v6 connects land nowhere and fail, closed. */
-		egd_warn("no IPv6 listener; IPv6 connections of the agent will fail");
-	}
-	if (egd_loop_add(d->loop, &d->listen4.w, EPOLLIN | EPOLLET) ||
-	    (d->listen6.w.fd >= 0 && egd_loop_add(d->loop, &d->listen6.w, EPOLLIN | EPOLLET)))
+	if (start_workers(d))
 		goto out;
 	if (cfg->admin.family) {
-		d->admin.fd = listen_on(&cfg->admin, "admin");
+		d->admin.fd = listen_on(&cfg->admin, "admin", 0, 0);
 		if (d->admin.fd < 0 || egd_admin_start(d))
 			goto out;
 	}
@@ -197,28 +392,35 @@ int egd_daemon_run(const struct egd_config_run *cfg)
 		egd_err("phase: %s", strerror(-err));
 		goto out;
 	}
-	d->idle_scan.cb = on_idle_scan;
-	egd_timer_arm(d->loop, &d->idle_scan, egd_now_ms() + IDLE_SCAN_MS);
+	if (run_worker_threads(d))
+		goto out;
 	d->listening = 1;
-	egd_info("ready: mode bpf, pin %s, phase %s", cfg->pin_dir, egd_phase_name(d->phase));
+	egd_info("ready: mode bpf, pin %s, phase %s, %u worker%s", cfg->pin_dir,
+		 egd_phase_name(d->phase), d->n_workers, d->n_workers == 1 ? "" : "s");
 	notify_ready();
 
 	rc = egd_loop_run(d->loop) ? 1 : 0;
-	egd_engine_close_all(d);
 
 out:
-	if (d->loop) {
-		/* Run the deferred frees of closed connections. */
+	if (d->n_workers) {
+		stop_workers(d);
+		egd_engine_close_all(&d->workers[0]);
+		for (unsigned int i = 1; i < d->n_workers; i++)
+			if (d->workers[i].started)
+				pthread_join(d->workers[i].thread, NULL);
+		egd_audit_flush();
+		for (unsigned int i = 0; i < d->n_workers; i++)
+			worker_free(&d->workers[i]);
+	} else if (d->loop) {
 		egd_loop_stop(d->loop);
 	}
-	egd_resolver_free(d->resolver);
-	for (int *fd = (int[]){ d->listen4.w.fd, d->listen6.w.fd, d->admin.fd, d->signals.fd,
-				d->inotify.fd, -2 };
-	     *fd != -2; fd++)
+	egd_audit_flush();
+	for (int *fd = (int[]){ d->admin.fd, d->signals.fd, d->inotify.fd, -2 }; *fd != -2; fd++)
 		if (*fd >= 0)
 			close(*fd);
 	egd_bpf_close(&d->bpf);
 	egd_loop_free(d->loop);
+	free(d->workers);
 	free(d);
 	return rc;
 }

@@ -7,6 +7,7 @@
 #ifndef EGD_DAEMON_H
 #define EGD_DAEMON_H
 
+#include <pthread.h>
 #include <stdint.h>
 
 #include "core/config.h"
@@ -18,6 +19,7 @@
 struct egd_conn;
 struct egd_resolver;
 
+/* Per-worker counters; only their worker writes them, /metrics sums them. */
 struct egd_metrics {
 	uint64_t conns[EGD_VERDICT_MAX][EGD_REASON_MAX];
 	uint64_t bytes_up, bytes_down;
@@ -26,45 +28,77 @@ struct egd_metrics {
 		tunnel_closed_phase;
 	uint64_t overload_resets;
 	uint64_t sniff_timeouts;
-	uint64_t phase_changes;
 };
 
+/* Empty relay pipes kept per worker for the next tunnel: a tunnel needs
+ * two, and making them (pipe2 + F_SETPIPE_SZ, then two closes) was a
+ * quarter of the syscalls of a short connection. */
+#define EGD_PIPE_POOL_PIPES 128
+
 struct egd_daemon;
+struct egd_worker;
 
 /* A listening socket: the watch first, so the watch is the listener. */
 struct egd_listener {
 	struct egd_watch w;
-	struct egd_daemon *d;
+	struct egd_worker *wk;
+	struct egd_addr addr; /* bound address: the local end of every accept */
 };
 
-struct egd_daemon {
-	struct egd_config_run cfg;
+/*
+ * One event-loop thread with its own SO_REUSEPORT listeners; the kernel
+ * spreads new connections over the workers and a connection stays on the
+ * worker that accepted it, so connections need no locks. Worker 0 is the
+ * main thread, which also runs the admin endpoint, signals and the phase.
+ */
+struct egd_worker {
+	struct egd_daemon *d;
+	unsigned int id;
 	struct egd_loop *loop;
-	struct egd_bpf bpf;
-	enum egd_capture_mode capture;
-	enum egd_phase phase;
-	uint64_t self_cgroup_id;
-
+	pthread_t thread;
+	int started;
 	struct egd_listener listen4, listen6;
-	struct egd_watch admin, signals, inotify;
-	struct egd_timer phase_poll, idle_scan;
-	int inotify_wd;
-
+	struct egd_watch wake; /* eventfd: the phase changed, or stop */
+	struct egd_timer idle_scan;
 	struct egd_conn *conns; /* doubly linked, every live connection */
 	unsigned int n_conns;
 	struct egd_resolver *resolver;
 	struct egd_metrics m;
+	int pipes[EGD_PIPE_POOL_PIPES][2];
+	unsigned int n_pipes;
+};
+
+struct egd_daemon {
+	struct egd_config_run cfg;
+	struct egd_loop *loop; /* worker 0's */
+	struct egd_bpf bpf;
+	enum egd_capture_mode capture;
+	enum egd_phase phase; /* written by thread 0 only; read with __atomic */
+	uint64_t self_cgroup_id;
+
+	struct egd_watch admin, signals, inotify;
+	struct egd_timer phase_poll;
+	int inotify_wd;
+	uint64_t phase_changes;
+
+	struct egd_worker *workers;
+	unsigned int n_workers;
+	unsigned int n_conns; /* all workers; __atomic, for max_conns */
+	int stopping;	      /* __atomic: workers leave their loops */
 	int listening;
 };
 
 /* Run the enforcer until SIGTERM/SIGINT. Returns a process exit code. */
 int egd_daemon_run(const struct egd_config_run *cfg);
+/* Tell every worker but 0 to re-judge its tunnels (the phase changed). */
+void egd_daemon_kick_workers(struct egd_daemon *d);
 
-/* engine.c */
+/* engine.c; each runs on @wk's own thread. */
 void egd_engine_accept(struct egd_watch *w, uint32_t events);
-void egd_engine_phase_changed(struct egd_daemon *d);
-void egd_engine_idle_scan(struct egd_daemon *d);
-void egd_engine_close_all(struct egd_daemon *d);
+void egd_engine_phase_changed(struct egd_worker *wk);
+void egd_engine_idle_scan(struct egd_worker *wk);
+void egd_engine_close_all(struct egd_worker *wk);
+void egd_engine_free_pipes(struct egd_worker *wk);
 
 /* phase.c: the sentinel watcher. */
 int egd_phase_start(struct egd_daemon *d);
@@ -90,5 +124,8 @@ struct egd_audit_rec {
 	uint64_t bytes_up, bytes_down, duration_ms;
 };
 void egd_audit(const struct egd_audit_rec *r);
+/* Audit lines are buffered per thread and written once per loop turn, whole
+ * lines only; this writes the calling thread's. */
+void egd_audit_flush(void);
 
 #endif

@@ -4,13 +4,16 @@
  * sniff its first bytes, ask decide(), and obey: refuse in the client's own
  * protocol, or dial the destination and relay both ways with splice().
  *
- * Sockets are edge-triggered; every handler reads or writes until EAGAIN.
- * A connection's memory is freed on the next loop turn (through the defer
+ * Each connection lives on the worker thread that accepted it and is touched
+ * by no other. Sockets are edge-triggered; every handler reads or writes
+ * until EAGAIN (or until a short read says the socket is empty). A
+ * connection's memory is freed on the next loop turn (through the defer
  * queue), so an event already taken from epoll for it finds it marked dead
  * rather than freed.
  */
 #include "egress/daemon.h"
 #include "egress/resolve.h"
+#include "datapath/origdst.h"
 #include "core/log.h"
 
 #include <errno.h>
@@ -26,24 +29,42 @@
 /* The sniff buffer: a maximal ClientHello plus the headers of the records
  * it may be split into. */
 #define SNIFF_BUF_BYTES (CLIENTHELLO_MAX_BYTES + 1024)
-/* Pipe capacity per direction; larger pipes mean fewer splice() calls. */
-#define RELAY_PIPE_BYTES (256 * 1024)
+/* Pipe capacity per direction; larger pipes mean fewer splice() calls. 1 MiB
+ * (the default pipe-max-size) halves them against 256 KiB in bench/tunnel's
+ * bulk runs; pages are held only while the sink lags behind the source. */
+#define RELAY_PIPE_BYTES (1024 * 1024)
 /* Bytes one connection may move per turn before others get theirs. */
 #define RELAY_TURN_BYTES (4 * 1024 * 1024)
+/* A direction starts by copying through a buffer of this size: for the few
+ * bytes of a request or a reply one recv() and one send() beat splicing in
+ * and out of a pipe, and a short recv() proves the socket empty, which saves
+ * the read that would only say EAGAIN. The first full read marks a bulk
+ * flow, which is spliced from then on. */
+#define RELAY_COPY_BYTES (16 * 1024)
 
 #define CONN_EVENTS (EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET)
 
 enum conn_state { ST_SNIFF, ST_RESOLVE, ST_CONNECT, ST_REPLAY, ST_RELAY };
 
 struct dir {
-	int pipe[2];
+	int pipe[2];	/* made on first need, from the worker's pool */
 	size_t pending; /* bytes in the pipe */
 	int eof;	/* source said EOF */
 	int shut;	/* shutdown(SHUT_WR) sent to the sink */
+	int bulk;	/* splice rather than copy */
+	/* The source may have bytes: an event said so, or the last read
+	 * filled its buffer. Edge-triggered epoll reports every arrival, so
+	 * while this is 0 a read would only return EAGAIN. */
+	int readable;
+	/* An event reported the source's FIN or an error. A FIN queued behind
+	 * the data raises no new edge, so from then on a short read does not
+	 * mean empty: read on until EOF. */
+	int hup;
 };
 
 struct egd_conn {
 	struct egd_conn *prev, *next;
+	struct egd_worker *wk;
 	struct egd_daemon *d;
 	struct egd_watch cw, uw; /* client (agent) and upstream */
 	struct egd_timer timer;
@@ -92,11 +113,15 @@ static void audit_conn(struct egd_conn *c, const char *event, const char *detail
 	egd_audit(&r);
 }
 
-static void close_fd(struct egd_loop *loop, struct egd_watch *w, int rst)
+/*
+ * No EPOLL_CTL_DEL first: closing the only reference to a socket takes it out
+ * of the epoll set, and an event for it already taken this turn finds the
+ * connection marked dead.
+ */
+static void close_fd(struct egd_watch *w, int rst)
 {
 	if (w->fd < 0)
 		return;
-	egd_loop_del(loop, w);
 	if (rst) {
 		/* Linger 0: close() sends RST, so the peer fails at once. */
 		struct linger lg = { .l_onoff = 1, .l_linger = 0 };
@@ -107,8 +132,32 @@ static void close_fd(struct egd_loop *loop, struct egd_watch *w, int rst)
 	w->fd = -1;
 }
 
-static void close_pipe(struct dir *dr)
+static int open_pipe(struct egd_worker *wk, struct dir *dr)
 {
+	if (wk->n_pipes) {
+		wk->n_pipes--;
+		dr->pipe[0] = wk->pipes[wk->n_pipes][0];
+		dr->pipe[1] = wk->pipes[wk->n_pipes][1];
+		return 0;
+	}
+	if (pipe2(dr->pipe, O_NONBLOCK | O_CLOEXEC))
+		return -errno;
+	/* Best effort: the default 64 KiB works, only slower. */
+	fcntl(dr->pipe[1], F_SETPIPE_SZ, RELAY_PIPE_BYTES);
+	return 0;
+}
+
+/* An empty pipe goes back to the pool; one with bytes in it is closed (they
+ * belong to a dead tunnel and must not leak into the next). */
+static void close_pipe(struct egd_worker *wk, struct dir *dr)
+{
+	if (dr->pipe[0] >= 0 && !dr->pending && wk->n_pipes < EGD_PIPE_POOL_PIPES) {
+		wk->pipes[wk->n_pipes][0] = dr->pipe[0];
+		wk->pipes[wk->n_pipes][1] = dr->pipe[1];
+		wk->n_pipes++;
+		dr->pipe[0] = dr->pipe[1] = -1;
+		return;
+	}
 	for (int i = 0; i < 2; i++) {
 		if (dr->pipe[i] >= 0)
 			close(dr->pipe[i]);
@@ -119,7 +168,7 @@ static void close_pipe(struct dir *dr)
 /* End the connection. @why non-NULL logs a close line (tunnels only). */
 static void conn_close(struct egd_conn *c, const char *why, int rst)
 {
-	struct egd_daemon *d = c->d;
+	struct egd_worker *wk = c->wk;
 
 	if (c->dead)
 		return;
@@ -127,23 +176,24 @@ static void conn_close(struct egd_conn *c, const char *why, int rst)
 	if (why)
 		audit_conn(c, "close", why, 1);
 	if (c->counted_open)
-		d->m.open_tunnels--;
+		wk->m.open_tunnels--;
 	egd_resolve_cancel(c->rreq);
-	egd_timer_cancel(d->loop, &c->timer);
-	close_fd(d->loop, &c->cw, rst);
-	close_fd(d->loop, &c->uw, rst);
-	close_pipe(&c->up);
-	close_pipe(&c->down);
+	egd_timer_cancel(wk->loop, &c->timer);
+	close_fd(&c->cw, rst);
+	close_fd(&c->uw, rst);
+	close_pipe(wk, &c->up);
+	close_pipe(wk, &c->down);
 	free(c->buf);
 	c->buf = NULL;
 	if (c->prev)
 		c->prev->next = c->next;
 	else
-		d->conns = c->next;
+		wk->conns = c->next;
 	if (c->next)
 		c->next->prev = c->prev;
-	d->n_conns--;
-	if (egd_loop_defer(d->loop, conn_free_cb, c))
+	wk->n_conns--;
+	__atomic_fetch_sub(&c->d->n_conns, 1, __ATOMIC_RELAXED);
+	if (egd_loop_defer(wk->loop, conn_free_cb, c))
 		egd_warn("connection memory leaked: defer queue full");
 }
 
@@ -185,25 +235,46 @@ static void deny(struct egd_conn *c)
 
 /* --- relay ----------------------------------------------------------------- */
 
-static int open_pipe(struct dir *dr)
+/* Send @len bytes just read; what the sink does not take now waits in the
+ * (empty, hence large enough) pipe for the sink's EPOLLOUT. */
+static int forward(struct egd_conn *c, struct dir *dr, int dst, const uint8_t *buf, size_t len,
+		   uint64_t *total)
 {
-	if (pipe2(dr->pipe, O_NONBLOCK | O_CLOEXEC))
-		return -errno;
-	/* Best effort: the default 64 KiB works, only slower. */
-	fcntl(dr->pipe[1], F_SETPIPE_SZ, RELAY_PIPE_BYTES);
+	ssize_t n = send(dst, buf, len, MSG_NOSIGNAL | MSG_DONTWAIT);
+	int err;
+
+	if (n < 0) {
+		if (errno != EAGAIN)
+			return -errno;
+		n = 0;
+	}
+	*total += (uint64_t)n;
+	c->last_ms = egd_now_ms();
+	if ((size_t)n == len)
+		return 0;
+	if (dr->pipe[0] < 0) {
+		err = open_pipe(c->wk, dr);
+		if (err)
+			return err;
+	}
+	if (write(dr->pipe[1], buf + n, len - (size_t)n) != (ssize_t)(len - (size_t)n))
+		return -EIO;
+	dr->pending = len - (size_t)n;
 	return 0;
 }
 
 /*
- * Move what is available from @src to @dst through @dr's pipe. Returns 0 when
- * blocked (waiting for readiness), 1 when the turn budget ran out, -errno on
- * a socket error.
+ * Move what is available from @src to @dst: copied while the flow is small,
+ * through @dr's pipe with splice() once it is bulk. Returns 0 when blocked
+ * (waiting for readiness), 1 when the turn budget ran out, -errno on a
+ * socket error.
  */
-static int pump(struct egd_conn *c, struct dir *dr, int src, int dst, uint64_t *total,
-		size_t *budget)
+static int pump(struct egd_conn *c, struct dir *dr, const struct dir *other, int src, int dst,
+		uint64_t *total, size_t *budget)
 {
 	for (;;) {
 		ssize_t n;
+		int err;
 
 		if (dr->pending) {
 			n = splice(dr->pipe[0], NULL, dst, NULL, dr->pending,
@@ -223,25 +294,57 @@ static int pump(struct egd_conn *c, struct dir *dr, int src, int dst, uint64_t *
 		}
 		if (dr->eof) {
 			if (!dr->shut) {
-				/* Half-close: pass the client's FIN on, keep the
-				 * other direction flowing. */
-				shutdown(dst, SHUT_WR);
+				/* Half-close: pass the FIN on, keep the other
+				 * direction flowing. When the other direction is
+				 * done too, the close() that follows sends this
+				 * FIN (both receive queues are empty, read to
+				 * EOF, so it is a FIN and not a RST). */
+				if (!other->shut)
+					shutdown(dst, SHUT_WR);
 				dr->shut = 1;
 			}
 			return 0;
 		}
-		n = splice(src, NULL, dr->pipe[1], NULL, RELAY_PIPE_BYTES,
-			   SPLICE_F_MOVE | SPLICE_F_NONBLOCK);
-		if (n > 0) {
-			dr->pending = (size_t)n;
-			continue;
+		if (!dr->readable)
+			return 0;
+		if (!dr->bulk) {
+			uint8_t buf[RELAY_COPY_BYTES];
+
+			n = recv(src, buf, sizeof(buf), 0);
+			if (n > 0) {
+				err = forward(c, dr, dst, buf, (size_t)n, total);
+				if (err)
+					return err;
+				if ((size_t)n < sizeof(buf) && !dr->hup)
+					dr->readable = 0; /* a short read emptied it */
+				else
+					dr->bulk = 1;
+				if ((size_t)n >= *budget)
+					return 1;
+				*budget -= (size_t)n;
+				continue;
+			}
+		} else {
+			if (dr->pipe[0] < 0) {
+				err = open_pipe(c->wk, dr);
+				if (err)
+					return err;
+			}
+			n = splice(src, NULL, dr->pipe[1], NULL, RELAY_PIPE_BYTES,
+				   SPLICE_F_MOVE | SPLICE_F_NONBLOCK);
+			if (n > 0) {
+				dr->pending = (size_t)n;
+				continue;
+			}
 		}
 		if (n == 0) {
 			dr->eof = 1;
 			continue;
 		}
-		if (errno == EAGAIN)
+		if (errno == EAGAIN) {
+			dr->readable = 0;
 			return 0;
+		}
 		return -errno;
 	}
 }
@@ -263,12 +366,12 @@ static void relay(struct egd_conn *c)
 	int a, b;
 	uint64_t up0 = c->bytes_up, down0 = c->bytes_down;
 
-	a = pump(c, &c->up, c->cw.fd, c->uw.fd, &c->bytes_up, &budget);
-	b = a < 0 ? 0 : pump(c, &c->down, c->uw.fd, c->cw.fd, &c->bytes_down, &budget);
-	c->d->m.bytes_up += c->bytes_up - up0;
-	c->d->m.bytes_down += c->bytes_down - down0;
+	a = pump(c, &c->up, &c->down, c->cw.fd, c->uw.fd, &c->bytes_up, &budget);
+	b = a < 0 ? 0 : pump(c, &c->down, &c->up, c->uw.fd, c->cw.fd, &c->bytes_down, &budget);
+	c->wk->m.bytes_up += c->bytes_up - up0;
+	c->wk->m.bytes_down += c->bytes_down - down0;
 	if (a < 0 || b < 0) {
-		c->d->m.tunnel_errors_reset++;
+		c->wk->m.tunnel_errors_reset++;
 		conn_close(c, strerror(-(a < 0 ? a : b)), 1);
 		return;
 	}
@@ -280,7 +383,7 @@ static void relay(struct egd_conn *c)
 		/* Edge-triggered: no new event will come for bytes already
 		 * waiting, so come back next turn ourselves. */
 		c->defer_queued = 1;
-		if (egd_loop_defer(c->d->loop, relay_deferred, c))
+		if (egd_loop_defer(c->wk->loop, relay_deferred, c))
 			c->defer_queued = 0;
 	}
 }
@@ -294,20 +397,16 @@ static void replay(struct egd_conn *c)
 		if (n < 0) {
 			if (errno == EAGAIN)
 				return;
-			c->d->m.tunnel_errors_reset++;
+			c->wk->m.tunnel_errors_reset++;
 			conn_close(c, strerror(errno), 1);
 			return;
 		}
 		c->sent += (size_t)n;
 		c->bytes_up += (uint64_t)n;
-		c->d->m.bytes_up += (uint64_t)n;
+		c->wk->m.bytes_up += (uint64_t)n;
 	}
 	free(c->buf);
 	c->buf = NULL;
-	if (open_pipe(&c->up) || open_pipe(&c->down)) {
-		conn_close(c, "out of pipes", 1);
-		return;
-	}
 	c->state = ST_RELAY;
 	c->up.eof = c->client_eof_in_sniff;
 	relay(c);
@@ -321,16 +420,22 @@ static void on_upstream(struct egd_watch *w, uint32_t events)
 
 	if (c->dead)
 		return;
+	if (events & (EPOLLIN | EPOLLRDHUP | EPOLLHUP | EPOLLERR))
+		c->down.readable = 1;
+	if (events & (EPOLLRDHUP | EPOLLHUP | EPOLLERR))
+		c->down.hup = 1;
 	if (c->state == ST_CONNECT) {
 		if (!(events & (EPOLLOUT | EPOLLERR | EPOLLHUP)))
 			return;
-		getsockopt(w->fd, SOL_SOCKET, SO_ERROR, &soerr, &sl);
-		if (soerr) {
-			c->d->m.tunnel_errors_connect++;
-			conn_close(c, strerror(soerr), 1);
+		/* Writable without an error or hangup means connected; only a
+		 * failure needs SO_ERROR to say why. */
+		if (events & (EPOLLERR | EPOLLHUP)) {
+			getsockopt(w->fd, SOL_SOCKET, SO_ERROR, &soerr, &sl);
+			c->wk->m.tunnel_errors_connect++;
+			conn_close(c, strerror(soerr ? soerr : ECONNREFUSED), 1);
 			return;
 		}
-		egd_timer_cancel(c->d->loop, &c->timer);
+		egd_timer_cancel(c->wk->loop, &c->timer);
 		c->state = ST_REPLAY;
 	}
 	if (c->state == ST_REPLAY)
@@ -343,6 +448,7 @@ static void on_timer(struct egd_timer *t);
 
 static void dial(struct egd_conn *c, const struct egd_addr *to)
 {
+	struct egd_worker *wk = c->wk;
 	struct egd_daemon *d = c->d;
 	struct sockaddr_storage ss;
 	socklen_t sl = egd_addr_to_sockaddr(to, &ss);
@@ -355,15 +461,15 @@ static void dial(struct egd_conn *c, const struct egd_addr *to)
 	}
 	c->uw.fd = fd;
 	c->uw.cb = on_upstream;
-	err = egd_loop_add(d->loop, &c->uw, CONN_EVENTS);
+	err = egd_loop_add(wk->loop, &c->uw, CONN_EVENTS);
 	if (err) {
 		conn_close(c, strerror(-err), 1);
 		return;
 	}
 	c->state = ST_CONNECT;
-	egd_timer_arm(d->loop, &c->timer, egd_now_ms() + d->cfg.connect_timeout_ms);
+	egd_timer_arm(wk->loop, &c->timer, egd_now_ms() + d->cfg.connect_timeout_ms);
 	if (connect(fd, (struct sockaddr *)&ss, sl) && errno != EINPROGRESS) {
-		d->m.tunnel_errors_connect++;
+		wk->m.tunnel_errors_connect++;
 		conn_close(c, strerror(errno), 1);
 		return;
 	}
@@ -376,7 +482,7 @@ static void on_resolved(void *arg, const char *err, const struct egd_addr *addr)
 
 	c->rreq = NULL;
 	if (err) {
-		c->d->m.tunnel_errors_connect++;
+		c->wk->m.tunnel_errors_connect++;
 		conn_close(c, err, 1);
 		return;
 	}
@@ -387,12 +493,15 @@ static void on_resolved(void *arg, const char *err, const struct egd_addr *addr)
 
 static void decide_and_act(struct egd_conn *c)
 {
+	struct egd_worker *wk = c->wk;
 	struct egd_daemon *d = c->d;
 
-	egd_timer_cancel(d->loop, &c->timer);
-	c->intent.phase = d->phase;
+	egd_timer_cancel(wk->loop, &c->timer);
+	/* A phase change after this load also kicks this worker, which then
+	 * re-judges this connection under the new phase. */
+	c->intent.phase = __atomic_load_n(&d->phase, __ATOMIC_ACQUIRE);
 	c->dec = egd_decide(&d->cfg.policy, &c->intent);
-	d->m.conns[c->dec.verdict][c->dec.reason]++;
+	wk->m.conns[c->dec.verdict][c->dec.reason]++;
 	audit_conn(c, "decision", c->intent.sniff.error, 0);
 
 	switch (c->dec.verdict) {
@@ -401,17 +510,17 @@ static void decide_and_act(struct egd_conn *c)
 		return;
 	case EGD_VERDICT_INTERCEPT:
 		c->counted_open = 1;
-		d->m.open_tunnels++;
+		wk->m.open_tunnels++;
 		dial(c, &d->cfg.intercept_upstream);
 		return;
 	case EGD_VERDICT_TUNNEL:
 		c->counted_open = 1;
-		d->m.open_tunnels++;
+		wk->m.open_tunnels++;
 		if (c->dec.dial_by_name) {
 			c->state = ST_RESOLVE;
-			egd_timer_arm(d->loop, &c->timer,
+			egd_timer_arm(wk->loop, &c->timer,
 				      egd_now_ms() + d->cfg.connect_timeout_ms);
-			c->rreq = egd_resolve(d->resolver, c->intent.sniff.host,
+			c->rreq = egd_resolve(wk->resolver, c->intent.sniff.host,
 					      c->intent.orig.port, on_resolved, c);
 			if (!c->rreq)
 				conn_close(c, "resolver: out of memory", 1);
@@ -424,32 +533,47 @@ static void decide_and_act(struct egd_conn *c)
 	}
 }
 
+/*
+ * Read what the client sent so far and ask the sniffer after each read: a
+ * hello that arrives in one segment is decided after one recv(), without a
+ * second one to see EAGAIN. Whatever the client sent after the hello stays
+ * in the socket for the relay, which reads until EAGAIN before waiting.
+ */
 static void sniff_more(struct egd_conn *c)
 {
 	struct egd_daemon *d = c->d;
 	size_t before = c->len;
 
 	for (;;) {
+		size_t room = SNIFF_BUF_BYTES - c->len;
 		ssize_t n;
 
-		if (c->len == SNIFF_BUF_BYTES)
+		if (!room)
 			break;
-		n = recv(c->cw.fd, c->buf + c->len, SNIFF_BUF_BYTES - c->len, 0);
+		n = recv(c->cw.fd, c->buf + c->len, room, 0);
 		if (n > 0) {
 			c->len += (size_t)n;
+			c->up.readable = (size_t)n == room || c->up.hup;
+			if (egd_sniff(c->buf, c->len, &c->intent.sniff) == EGD_SNIFF_DONE) {
+				decide_and_act(c);
+				return;
+			}
+			/* A short read emptied the socket; the next segment
+			 * raises a new edge. Not so a FIN already reported:
+			 * read on to see it and decide without waiting. */
+			if ((size_t)n < room && !c->up.hup)
+				break;
 			continue;
 		}
 		if (n == 0) {
 			c->client_eof_in_sniff = 1;
 			break;
 		}
-		if (errno == EAGAIN)
+		if (errno == EAGAIN) {
+			c->up.readable = 0;
 			break;
+		}
 		conn_close(c, NULL, 1); /* reset by the client: nothing to decide */
-		return;
-	}
-	if (c->len > 0 && egd_sniff(c->buf, c->len, &c->intent.sniff) == EGD_SNIFF_DONE) {
-		decide_and_act(c);
 		return;
 	}
 	if (c->client_eof_in_sniff || c->len == SNIFF_BUF_BYTES) {
@@ -459,7 +583,7 @@ static void sniff_more(struct egd_conn *c)
 	}
 	if (before == 0 && c->len > 0) {
 		/* First bytes in: the rest of the hello has a longer deadline. */
-		egd_timer_arm(d->loop, &c->timer, c->start_ms + d->cfg.sniff_timeout_ms);
+		egd_timer_arm(c->wk->loop, &c->timer, c->start_ms + d->cfg.sniff_timeout_ms);
 	}
 }
 
@@ -469,6 +593,10 @@ static void on_client(struct egd_watch *w, uint32_t events)
 
 	if (c->dead)
 		return;
+	if (events & (EPOLLIN | EPOLLRDHUP | EPOLLHUP | EPOLLERR))
+		c->up.readable = 1;
+	if (events & (EPOLLRDHUP | EPOLLHUP | EPOLLERR))
+		c->up.hup = 1;
 	switch (c->state) {
 	case ST_SNIFF:
 		if (events & (EPOLLIN | EPOLLRDHUP | EPOLLHUP | EPOLLERR))
@@ -497,13 +625,13 @@ static void on_timer(struct egd_timer *t)
 		/* No first byte (a server-speaks-first protocol) or a hello that
 		 * never completed (slowloris): decide on what we have. */
 		if (c->len)
-			c->d->m.sniff_timeouts++;
+			c->wk->m.sniff_timeouts++;
 		egd_sniff_finish(c->buf, c->len, &c->intent.sniff);
 		decide_and_act(c);
 		return;
 	case ST_RESOLVE:
 	case ST_CONNECT:
-		c->d->m.tunnel_errors_connect++;
+		c->wk->m.tunnel_errors_connect++;
 		conn_close(c, "connect timeout", 1);
 		return;
 	default:
@@ -513,16 +641,39 @@ static void on_timer(struct egd_timer *t)
 
 /* --- accept ---------------------------------------------------------------- */
 
-static void accept_one(struct egd_daemon *d, int fd)
+/*
+ * Where the connection was going. The local end is the listener's own
+ * address and accept4() gave the peer, so the BPF record is looked up
+ * without getsockname()/getpeername().
+ */
+static int find_orig(struct egd_listener *l, int fd, const struct sockaddr *peer,
+		     struct egd_conn *c, struct egd_orig *orig)
 {
+	struct egd_daemon *d = c->d;
+	struct egd_tuple t;
+
+	if (d->capture != EGD_CAPTURE_BPF || peer->sa_family == AF_UNSPEC)
+		return egd_orig_dst(d->capture, &d->bpf, fd, orig, &c->peer);
+	memset(&t, 0, sizeof(t));
+	egd_addr_from_sockaddr(&t.src, peer);
+	t.dst = l->addr;
+	c->peer = t.src;
+	return egd_bpf_orig_take(&d->bpf, &t, orig);
+}
+
+static void accept_one(struct egd_listener *l, int fd, const struct sockaddr *peer)
+{
+	struct egd_worker *wk = l->wk;
+	struct egd_daemon *d = wk->d;
 	struct egd_orig orig = { 0 };
 	struct egd_conn *c;
 	int err;
 
-	if (d->n_conns >= d->cfg.max_conns) {
+	if (__atomic_add_fetch(&d->n_conns, 1, __ATOMIC_RELAXED) > d->cfg.max_conns) {
 		struct linger lg = { .l_onoff = 1, .l_linger = 0 };
 
-		d->m.overload_resets++;
+		__atomic_fetch_sub(&d->n_conns, 1, __ATOMIC_RELAXED);
+		wk->m.overload_resets++;
 		setsockopt(fd, SOL_SOCKET, SO_LINGER, &lg, sizeof(lg));
 		close(fd);
 		return;
@@ -533,9 +684,11 @@ static void accept_one(struct egd_daemon *d, int fd)
 	if (!c || !c->buf) {
 		if (c)
 			free(c);
+		__atomic_fetch_sub(&d->n_conns, 1, __ATOMIC_RELAXED);
 		close(fd);
 		return;
 	}
+	c->wk = wk;
 	c->d = d;
 	c->cw.fd = fd;
 	c->cw.cb = on_client;
@@ -544,36 +697,39 @@ static void accept_one(struct egd_daemon *d, int fd)
 	c->timer.cb = on_timer;
 	c->start_ms = c->last_ms = egd_now_ms();
 	c->state = ST_SNIFF;
-	c->next = d->conns;
-	if (d->conns)
-		d->conns->prev = c;
-	d->conns = c;
-	d->n_conns++;
+	c->next = wk->conns;
+	if (wk->conns)
+		wk->conns->prev = c;
+	wk->conns = c;
+	wk->n_conns++;
 
-	err = egd_orig_dst(d->capture, &d->bpf, fd, &orig, &c->peer);
+	err = find_orig(l, fd, peer, c, &orig);
 	c->intent.has_orig = err == 0;
 	c->intent.orig = orig.dst;
 	c->intent.cgroup_id = orig.cgroup_id;
 	if (err && err != -ENOENT)
 		egd_warn("original destination: %s", strerror(-err));
 
-	err = egd_loop_add(d->loop, &c->cw, CONN_EVENTS);
+	err = egd_loop_add(wk->loop, &c->cw, CONN_EVENTS);
 	if (err) {
 		conn_close(c, NULL, 1);
 		return;
 	}
-	egd_timer_arm(d->loop, &c->timer, c->start_ms + d->cfg.first_byte_ms);
+	egd_timer_arm(wk->loop, &c->timer, c->start_ms + d->cfg.first_byte_ms);
 }
 
 void egd_engine_accept(struct egd_watch *w, uint32_t events)
 {
 	struct egd_listener *l = (struct egd_listener *)w;
-	struct egd_daemon *d = l->d;
 
 	(void)events;
 	for (;;) {
-		int fd = accept4(w->fd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
+		struct sockaddr_storage ss;
+		socklen_t sl = sizeof(ss);
+		int fd;
 
+		ss.ss_family = AF_UNSPEC;
+		fd = accept4(w->fd, (struct sockaddr *)&ss, &sl, SOCK_NONBLOCK | SOCK_CLOEXEC);
 		if (fd < 0) {
 			if (errno == EMFILE || errno == ENFILE)
 				egd_warn("accept: %s (raise the fd limit or lower "
@@ -585,13 +741,15 @@ void egd_engine_accept(struct egd_watch *w, uint32_t events)
 				continue;
 			return;
 		}
-		accept_one(d, fd);
+		accept_one(l, fd, (struct sockaddr *)&ss);
 	}
 }
 
-void egd_engine_phase_changed(struct egd_daemon *d)
+void egd_engine_phase_changed(struct egd_worker *wk)
 {
-	struct egd_conn *c = d->conns, *next;
+	struct egd_daemon *d = wk->d;
+	enum egd_phase phase = __atomic_load_n(&d->phase, __ATOMIC_ACQUIRE);
+	struct egd_conn *c = wk->conns, *next;
 
 	/* Re-ask decide() for every tunnel under the new phase; what it would
 	 * no longer allow is closed. Going back to the agent phase thus ends
@@ -604,31 +762,40 @@ void egd_engine_phase_changed(struct egd_daemon *d)
 		if (c->state == ST_SNIFF || c->dec.verdict == EGD_VERDICT_DENY)
 			continue;
 		in = c->intent;
-		in.phase = d->phase;
+		in.phase = phase;
 		now = egd_decide(&d->cfg.policy, &in);
 		if (now.verdict != c->dec.verdict) {
-			d->m.tunnel_closed_phase++;
+			wk->m.tunnel_closed_phase++;
 			conn_close(c, "phase-change", 1);
 		}
 	}
 }
 
-void egd_engine_idle_scan(struct egd_daemon *d)
+void egd_engine_idle_scan(struct egd_worker *wk)
 {
-	unsigned long long now = egd_now_ms(), idle = d->cfg.idle_timeout_s * 1000ull;
-	struct egd_conn *c = d->conns, *next;
+	unsigned long long now = egd_now_ms(), idle = wk->d->cfg.idle_timeout_s * 1000ull;
+	struct egd_conn *c = wk->conns, *next;
 
 	for (; c; c = next) {
 		next = c->next;
 		if (c->state == ST_RELAY && now - c->last_ms >= idle) {
-			d->m.tunnel_closed_idle++;
+			wk->m.tunnel_closed_idle++;
 			conn_close(c, "idle-timeout", 0);
 		}
 	}
 }
 
-void egd_engine_close_all(struct egd_daemon *d)
+void egd_engine_close_all(struct egd_worker *wk)
 {
-	while (d->conns)
-		conn_close(d->conns, d->conns->state == ST_RELAY ? "shutdown" : NULL, 1);
+	while (wk->conns)
+		conn_close(wk->conns, wk->conns->state == ST_RELAY ? "shutdown" : NULL, 1);
+}
+
+void egd_engine_free_pipes(struct egd_worker *wk)
+{
+	while (wk->n_pipes) {
+		wk->n_pipes--;
+		close(wk->pipes[wk->n_pipes][0]);
+		close(wk->pipes[wk->n_pipes][1]);
+	}
 }

@@ -45,10 +45,15 @@ void egd_phase_set(struct egd_daemon *d, enum egd_phase p, const char *why)
 	}
 	if (p == d->phase)
 		return;
-	d->phase = p;
-	d->m.phase_changes++;
+	/* Then the daemon: each worker re-judges its own tunnels, worker 0
+	 * here, the others when their eventfd wakes them. */
+	__atomic_store_n(&d->phase, p, __ATOMIC_RELEASE);
+	d->phase_changes++;
 	egd_info("phase: %s (%s)", egd_phase_name(p), why);
-	egd_engine_phase_changed(d);
+	if (d->n_workers) {
+		egd_engine_phase_changed(&d->workers[0]);
+		egd_daemon_kick_workers(d);
+	}
 }
 
 static void check(struct egd_daemon *d, const char *why)
