@@ -83,6 +83,8 @@ chmod +x "$DEMO/agent.sh"
 say "1. Agent phase: the agent may reach only the LLM gateway (openrouter.ai)"
 export EGRESSD_PIN_DIR=$DEMO/bpffs/egressd EGRESSD_SENTINEL=$DEMO/egress-unlocked
 export EGRESSD_RESOLVERS=198.51.100.1 EGRESSD_LOG_LEVEL=warning
+# The embedded policy proxy's CA, kept in the demo's own directory.
+export EGRESSD_CA_DIR=$DEMO/ca EGRESSD_CA_KEY_DIR=$DEMO/ca-key PROXY_DATA_DIR=$DEMO/data
 nsenter --net="/run/netns/$NS" "$EGRESSD" exec --audit-log "$DEMO/audit.log" \
 	-- "$DEMO/agent.sh" &
 EXEC_PID=$!

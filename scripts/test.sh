@@ -62,6 +62,11 @@ if [ "${SKIP_E2E:-0}" != 1 ]; then
 		echo "the e2e suite needs root (namespaces, cgroups, BPF); run as root" >&2
 		exit 1
 	fi
+	# The capture suites once more with the nftables datapath; the rest of
+	# the suite runs once below.
+	echo "--- capture in nft mode"
+	EGD_E2E_MODE=nft bats --formatter tap --timing tests/e2e/capture.bats tests/e2e/tunnel.bats
+	echo "--- everything (BPF mode)"
 	# The pretty formatter ends with bats' own summary; strip its terminal
 	# control sequences so logs stay readable.
 	bats --formatter pretty --timing tests/e2e | sed -u 's/\x1b\[[0-9;]*[A-Za-z]//g'

@@ -277,7 +277,7 @@ static pid_t start_daemon(const char *pin, int argc, char **argv, int ready_w, i
 		return pid;
 	/* Child: become `egressd run`. */
 	char fdbuf[16], pinflag[PATH_MAX + 8];
-	char **args = calloc((size_t)argc + 4, sizeof(*args));
+	char **args = calloc((size_t)argc + 5, sizeof(*args));
 	int n = 0;
 
 	if (!args)
@@ -288,6 +288,7 @@ static pid_t start_daemon(const char *pin, int argc, char **argv, int ready_w, i
 	args[n++] = "egressd";
 	args[n++] = "run";
 	args[n++] = pinflag;
+	args[n++] = "--mode=bpf"; /* exec always attaches; never fall back to nft */
 	for (int i = 0; i < argc; i++)
 		args[n++] = argv[i];
 	args[n] = NULL;
@@ -370,9 +371,12 @@ static int cmd_exec(int argc, char **argv)
 			audit_flag = 1;
 		run_argv[run_argc++] = argv[i];
 	}
-	/* Local mode: no admin port unless asked for, so two execs can run. */
+	/* Local mode: no admin or proxy port unless asked for, so two execs
+	 * can run side by side. */
 	if (!getenv("EGRESSD_ADMIN_LISTEN"))
 		setenv("EGRESSD_ADMIN_LISTEN", "off", 1);
+	if (!getenv("EGRESSD_PROXY_HTTP_LISTEN"))
+		setenv("EGRESSD_PROXY_HTTP_LISTEN", "off", 1);
 	/* Validate the daemon's settings here, where the user sees the error. */
 	if (egd_config_load(&check, run_argc, run_argv))
 		return 2;

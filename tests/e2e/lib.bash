@@ -10,6 +10,10 @@ REPO=$(cd "$BATS_TEST_DIRNAME/../.." && pwd)
 EGRESSD=${EGRESSD:-$REPO/build/egressd}
 FIX=$REPO/tests/e2e/fixtures
 
+# Capture mode under test: bpf (cgroup programs) or nft (nftables ruleset).
+# scripts/test.sh runs the capture suites once in each.
+MODE=${EGD_E2E_MODE:-bpf}
+
 SRV4=198.51.100.1	# TEST-NET-2: documentation space, never routed
 AG4=198.51.100.2
 SRV6=2001:db8::1
@@ -75,6 +79,10 @@ egd_setup_net() {
 	ip -n "$NS_A" addr add $AG6/64 dev v0 nodad
 	ip -n "$NS_S" addr add $SRV6/64 dev v1 nodad
 	ip -n "$NS_A" link set v0 up
+	# A default route, so dialling any address (203.0.113.0/24 in tests) gets
+	# as far as the capture instead of failing with ENETUNREACH.
+	ip -n "$NS_A" route add default via $SRV4
+	ip -n "$NS_A" -6 route add default via $SRV6
 	ip -n "$NS_S" link set v1 up
 }
 
@@ -125,14 +133,33 @@ egd_attach() {
 		--resolvers $SRV4 "$@" 2>"$T/attach.err"
 }
 
-# The standard fixture: network, cgroups, servers, attach, daemon.
+# The standard fixture: network, cgroups, servers, capture, daemon.
 egd_setup() {
 	skip_unless_capable
 	egd_setup_net
 	egd_setup_cgroups
 	egd_start_servers
-	egd_attach
-	egd_start_daemon "$@"
+	if [ "$MODE" = nft ]; then
+		EGRESSD_RESOLVERS=$SRV4 egd_start_daemon --mode nft "$@"
+	else
+		egd_attach
+		egd_start_daemon --mode bpf "$@"
+	fi
+}
+
+# The phase the kernel side enforces right now: the BPF phase map, or the
+# nftables phase element.
+kernel_phase() {
+	if [ "$MODE" = nft ]; then
+		nsenter --net="/run/netns/$NS_A" nft list map inet egressd phase |
+			grep -q ': accept' && echo verification || echo agent
+	else
+		"$EGRESSD" phase --pin "$PIN"
+	fi
+}
+
+bpf_only() {
+	[ "$MODE" = bpf ] || skip "$1"
 }
 
 egd_teardown() {
@@ -181,16 +208,31 @@ PY
 
 # metric NAME{labels} : its value from /metrics ("" when absent)
 metric() {
-	nsenter --net="/run/netns/$NS_A" curl -s http://127.0.0.1:15000/metrics |
+	# From the daemon's cgroup: in nft mode anyone else dialling the admin
+	# port directly is refused, as an agent should be.
+	exempt curl -s http://127.0.0.1:15000/metrics |
 		awk -v m="$1" 'index($0, m " ") == 1 { print $2 }'
+}
+
+phase_now_is() {
+	[ "$(kernel_phase)" = "$1" ]
 }
 
 flip_to_verification() {
 	touch "$T/sentinel"
-	wait_for 2 sh -c "[ \"\$('$EGRESSD' phase --pin '$PIN')\" = verification ]"
+	wait_for 2 phase_now_is verification
 }
 
 flip_to_agent() {
 	rm -f "$T/sentinel"
-	wait_for 2 sh -c "[ \"\$('$EGRESSD' phase --pin '$PIN')\" = agent ]"
+	wait_for 2 phase_now_is agent
+}
+
+# Keep the embedded policy proxy's CA, CA key and usage files in the test's
+# own directory: their defaults are the machine's /var/lib/egressd,
+# /var/run/egressd/ca and /proxy-data.
+egd_proxy_dirs() {
+	export EGRESSD_CA_DIR=$BATS_TEST_TMPDIR/ca EGRESSD_CA_KEY_DIR=$BATS_TEST_TMPDIR/cakey
+	export PROXY_DATA_DIR=$BATS_TEST_TMPDIR/data
+	mkdir -p "$PROXY_DATA_DIR"
 }

@@ -5,6 +5,12 @@
 
 load lib
 
+# No test here sets EGRESSD_INTERCEPT_UPSTREAM, so each daemon runs the
+# embedded policy proxy; its files stay in the test's directory.
+setup() {
+	egd_proxy_dirs
+}
+
 teardown() {
 	egd_teardown
 }
@@ -52,7 +58,8 @@ teardown() {
 
 @test "run without an attachment exits non-zero with a clear message" {
 	skip_unless_capable
-	run "$EGRESSD" run --pin "$BATS_TEST_TMPDIR/nothing-here" --admin-listen off
+	# --mode bpf: in auto mode a missing attachment means nft, in this namespace.
+	run unshare -n "$EGRESSD" run --mode bpf --pin "$BATS_TEST_TMPDIR/nothing-here" --admin-listen off
 	[ "$status" -ne 0 ]
 	[[ "$output" == *"no egressd attachment at"* ]]
 }
@@ -66,15 +73,15 @@ teardown() {
 
 @test "bad settings are refused at start, naming the variable" {
 	skip_unless_capable
-	EGRESSD_FIRST_BYTE_MS=soon run "$EGRESSD" run --admin-listen off
+	EGRESSD_FIRST_BYTE_MS=soon run unshare -n "$EGRESSD" run --admin-listen off
 	[ "$status" -eq 2 ]
 	[[ "$output" == *EGRESSD_FIRST_BYTE_MS* ]]
-	run "$EGRESSD" run --agent-allow 'bad host!' --admin-listen off
+	run unshare -n "$EGRESSD" run --agent-allow 'bad host!' --admin-listen off
 	[ "$status" -eq 2 ]
 	[[ "$output" == *EGRESSD_AGENT_ALLOW* ]]
-	run "$EGRESSD" run --listen 10.0.0.1:15443
+	run unshare -n "$EGRESSD" run --listen 10.0.0.1:15443
 	[ "$status" -eq 2 ]
-	run "$EGRESSD" run --no-such-flag
+	run unshare -n "$EGRESSD" run --no-such-flag
 	[ "$status" -eq 2 ]
 }
 
@@ -88,7 +95,7 @@ teardown() {
 	# The daemon gets a private mount namespace with its own /etc/hosts.
 	echo "$SRV4 allowed.test" >"$T/hosts"
 	DAEMON_PREFIX=(unshare -m sh -c 'mount --bind "$0" /etc/hosts && exec "$@"' "$T/hosts")
-	egd_start_daemon --agent-allow allowed.test
+	egd_start_daemon --mode bpf --agent-allow allowed.test
 	run agent curl -sS -m 5 --cacert "$T/cert.pem" --resolve allowed.test:443:$SRV4 \
 		https://allowed.test/
 	[ "$output" = "hello-tls sni=allowed.test port=443" ]

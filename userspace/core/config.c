@@ -43,8 +43,12 @@ static const struct opt opts[] = {
 	  0, "hosts handed to the policy proxy (default: host of UPSTREAM_BASE_URL)" },
 	{ "agent-allow", "EGRESSD_AGENT_ALLOW", "", OPT_HOSTLIST, OFF(policy.agent_allow), 0, 0,
 	  "extra hosts tunnelled in the agent phase (exact or *.suffix)" },
-	{ "intercept-upstream", "EGRESSD_INTERCEPT_UPSTREAM", "127.0.0.1:8443", OPT_HOSTPORT,
-	  OFF(intercept_upstream), 0, 0, "where intercepted flows go, untouched" },
+	/* No default: unset means the embedded policy proxy serves intercepted
+	 * flows; setting it is how an external proxy is kept. */
+	{ "intercept-upstream", "EGRESSD_INTERCEPT_UPSTREAM", NULL, OPT_HOSTPORT,
+	  OFF(intercept_upstream), 0, 0,
+	  "ADDR:PORT of an external proxy given intercepted flows untouched "
+	  "(unset: the embedded policy proxy serves them)" },
 	{ "first-byte-ms", "EGRESSD_FIRST_BYTE_MS", "250", OPT_UINT, OFF(first_byte_ms), 1, 60000,
 	  "wait for a client's first byte before deciding without a host" },
 	{ "sniff-timeout-ms", "EGRESSD_SNIFF_TIMEOUT_MS", "5000", OPT_UINT, OFF(sniff_timeout_ms),
@@ -59,7 +63,8 @@ static const struct opt opts[] = {
 	  "event-loop threads; 0 = one per online CPU" },
 	{ "pin", "EGRESSD_PIN_DIR", "/sys/fs/bpf/egressd", OPT_PATH, OFF(pin_dir), 0, 0,
 	  "where egressd attach pinned the BPF maps" },
-	{ "mode", "EGRESSD_MODE", "bpf", OPT_MODE, OFF(mode), 0, 0, "capture mode: bpf" },
+	{ "mode", "EGRESSD_MODE", "auto", OPT_MODE, OFF(mode), 0, 0,
+	  "capture: bpf, nft, or auto (bpf when attached, else nft)" },
 	{ "log-level", "EGRESSD_LOG_LEVEL", "info", OPT_LOGLEVEL, OFF(log_level), 0, 0,
 	  "error|warning|info|debug (diagnostics on stderr)" },
 	{ "audit-log", "EGRESSD_AUDIT_LOG", "", OPT_PATH, OFF(audit_log), 0, 0,
@@ -236,8 +241,12 @@ static int apply(struct egd_config_run *cfg, const struct opt *o, const char *v)
 	case OPT_UINT:
 		return parse_uint(v, o->min, o->max, field);
 	case OPT_MODE:
-		if (strcmp(v, "bpf") == 0)
+		if (strcmp(v, "auto") == 0)
+			*(enum egd_mode_req *)field = EGD_MODE_AUTO;
+		else if (strcmp(v, "bpf") == 0)
 			*(enum egd_mode_req *)field = EGD_MODE_BPF;
+		else if (strcmp(v, "nft") == 0)
+			*(enum egd_mode_req *)field = EGD_MODE_NFT;
 		else
 			return -EINVAL;
 		return 0;

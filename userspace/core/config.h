@@ -37,7 +37,7 @@ struct egd_config_run {
 	enum egd_phase_source phase_source;
 	enum egd_phase fixed_phase;
 	struct egd_policy policy;
-	struct egd_addr intercept_upstream;
+	struct egd_addr intercept_upstream; /* family 0: the embedded proxy */
 	unsigned int first_byte_ms;
 	unsigned int sniff_timeout_ms;
 	unsigned int connect_timeout_ms;

@@ -54,10 +54,23 @@ int egd_nftmode_config(struct egd_nft_config *nc, uint16_t listen_port, uint16_t
 	if (!err)
 		err = own_cgroup_level(&nc->daemon_cgroup_level);
 	if (err) {
-		egd_err("nft mode: cannot tell the daemon's own cgroup (%s); it is how the "
-			"ruleset tells the daemon from the agent",
-			strerror(-err));
-		return err;
+		/* Without a cgroup to match, the uid is the only way left to tell
+		 * the daemon from the agent: weaker (an agent running as the
+		 * same uid would be exempt, see nft.c), so only for a non-root
+		 * daemon, whose uid the agent is not given. */
+		if (getuid() == 0) {
+			egd_err("nft mode: cannot tell the daemon's own cgroup (%s), and as root "
+				"its uid cannot stand in for it: an agent running as root would "
+				"be exempt",
+				strerror(-err));
+			return err;
+		}
+		egd_warn("nft mode: no cgroup for the daemon (%s); exempting uid %u instead",
+			 strerror(-err), getuid());
+		nc->daemon_cgroup_id = 0;
+		nc->daemon_cgroup_level = 0;
+		nc->use_uid_fallback = 1;
+		nc->daemon_uid = getuid();
 	}
 	n = spec ? egd_parse_ip_list(spec, res, EGD_NFT_RESOLVERS_MAX) :
 		   egd_resolvers_from_file("/etc/resolv.conf", res, EGD_NFT_RESOLVERS_MAX);

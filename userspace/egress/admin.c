@@ -6,6 +6,7 @@
  * or large is dropped.
  */
 #include "egress/daemon.h"
+#include "egress/intercept.h"
 #include "core/log.h"
 
 #include <errno.h>
@@ -66,7 +67,7 @@ int egd_daemon_ready(const struct egd_daemon *d)
 		return 0;
 	if (d->capture == EGD_CAPTURE_BPF)
 		return egd_bpf_attached(&d->bpf);
-	return 1;
+	return d->nft_installed;
 }
 
 /* Relaxed loads: each counter has one writer, its worker; a scrape may be a
@@ -150,6 +151,30 @@ static void render_metrics(struct egd_daemon *d, struct sbuf *b)
 	sb_printf(b, "# HELP egressd_ready 1 when attached and listening.\n"
 		     "# TYPE egressd_ready gauge\negressd_ready %d\n",
 		  egd_daemon_ready(d));
+	sb_printf(b,
+		  "# HELP egressd_capture_mode The capture datapath in use.\n"
+		  "# TYPE egressd_capture_mode gauge\negressd_capture_mode{mode=\"%s\"} 1\n",
+		  egd_capture_name(d));
+	if (d->capture == EGD_CAPTURE_NFT) {
+		static const char *const names[] = { EGD_NFT_CNT_DIRECT_DIAL, EGD_NFT_CNT_REFUSED_TCP,
+						     EGD_NFT_CNT_REFUSED_UDP,
+						     EGD_NFT_CNT_REFUSED_OTHER };
+		uint64_t n;
+
+		sb_printf(b, "# HELP egressd_nft_refused_packets_total Packets the ruleset "
+			     "refused.\n# TYPE egressd_nft_refused_packets_total counter\n");
+		for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++)
+			if (egd_nft_counter(names[i], &n) == 0)
+				sb_printf(b, "egressd_nft_refused_packets_total{counter=\"%s\"} %llu\n",
+					  names[i], (unsigned long long)n);
+	}
+	if (d->intercept) {
+		char *px = egd_intercept_metrics(d->intercept);
+
+		if (px)
+			sb_printf(b, "%s", px);
+		free(px);
+	}
 	if (d->capture == EGD_CAPTURE_BPF && egd_bpf_counters(&d->bpf, k) == 0) {
 		sb_printf(b, "# HELP egressd_kernel_events_total Decisions taken in the "
 			     "kernel by the cgroup programs.\n"

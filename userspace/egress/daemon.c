@@ -7,8 +7,10 @@
  * connections are refused, which is the closed state we want.
  */
 #include "egress/daemon.h"
+#include "egress/intercept.h"
 #include "egress/resolve.h"
 #include "datapath/cgroup.h"
+#include "datapath/nftmode.h"
 #include "core/log.h"
 
 #include <arpa/inet.h>
@@ -215,6 +217,105 @@ static int setup_bpf(struct egd_daemon *d)
 	return egd_bpf_set_config(&d->bpf, &c);
 }
 
+/* How often the installed nftables ruleset is read back and compared, on
+ * top of the change notifications (which can be lost under load). */
+#define NFT_CHECK_MS 1000
+
+const char *egd_capture_name(const struct egd_daemon *d)
+{
+	return d->capture == EGD_CAPTURE_NFT ? "nft" : "bpf";
+}
+
+int egd_capture_set_phase(struct egd_daemon *d, enum egd_phase p)
+{
+	int err;
+
+	if (d->capture == EGD_CAPTURE_BPF)
+		return egd_bpf_set_phase(&d->bpf, p);
+	if (!d->nft_installed) {
+		err = egd_nftmode_start(&d->nft, p);
+		if (!err)
+			d->nft_installed = 1;
+		return err;
+	}
+	/* One element swapped in one transaction; if that fails, reinstall
+	 * the whole table in the new phase rather than keep the old one. */
+	err = egd_nft_set_phase(p);
+	return err ? egd_nftmode_start(&d->nft, p) : 0;
+}
+
+static void nft_enforce(struct egd_daemon *d)
+{
+	enum egd_phase p = __atomic_load_n(&d->phase, __ATOMIC_RELAXED);
+
+	if (egd_nftmode_enforce(&d->nft, p))
+		egd_err("nft mode: could not restore the ruleset; the agent is not captured "
+			"as intended until it is");
+}
+
+static void on_nft_check(struct egd_timer *t)
+{
+	struct egd_daemon *d = (struct egd_daemon *)((char *)t - offsetof(struct egd_daemon, nft_check));
+
+	nft_enforce(d);
+	egd_timer_arm(d->loop, t, egd_now_ms() + NFT_CHECK_MS);
+}
+
+static void on_nft_monitor(struct egd_watch *w, uint32_t events)
+{
+	struct egd_daemon *d = (struct egd_daemon *)((char *)w - offsetof(struct egd_daemon, nft_monitor));
+
+	(void)events;
+	egd_nft_monitor_drain(w->fd);
+	nft_enforce(d);
+}
+
+/* Watch the ruleset once it is installed: a timer always, change
+ * notifications where the kernel gives them. */
+static int nft_watch(struct egd_daemon *d)
+{
+	d->nft_check.cb = on_nft_check;
+	egd_timer_arm(d->loop, &d->nft_check, egd_now_ms() + NFT_CHECK_MS);
+	d->nft_monitor.fd = egd_nft_monitor_open();
+	d->nft_monitor.cb = on_nft_monitor;
+	if (d->nft_monitor.fd < 0) {
+		egd_warn("nft mode: no change notifications (%s); checking every %d ms",
+			 strerror(-d->nft_monitor.fd), NFT_CHECK_MS);
+		d->nft_monitor.fd = -1;
+		return 0;
+	}
+	return egd_loop_add(d->loop, &d->nft_monitor, EPOLLIN);
+}
+
+static int setup_nft(struct egd_daemon *d)
+{
+	uint16_t admin = d->cfg.admin.family ? ntohs(d->cfg.admin.port) : 0;
+
+	d->capture = EGD_CAPTURE_NFT;
+	return egd_nftmode_config(&d->nft, d->cfg.listen_port, admin);
+}
+
+/* --mode auto: BPF when `egressd attach` left its maps pinned, else nft. */
+static int setup_capture(struct egd_daemon *d)
+{
+	char probe[PATH_MAX];
+
+	switch (d->cfg.mode) {
+	case EGD_MODE_BPF:
+		return setup_bpf(d);
+	case EGD_MODE_NFT:
+		return setup_nft(d);
+	default:
+		snprintf(probe, sizeof(probe), "%s/maps/phase_map", d->cfg.pin_dir);
+		if (access(probe, F_OK) == 0) {
+			egd_info("mode auto: BPF attachment found at %s", d->cfg.pin_dir);
+			return setup_bpf(d);
+		}
+		egd_info("mode auto: no BPF attachment at %s; using nftables", d->cfg.pin_dir);
+		return setup_nft(d);
+	}
+}
+
 static void notify_ready(void)
 {
 	/* `egressd exec` passes a pipe to learn when the daemon serves. */
@@ -369,7 +470,7 @@ int egd_daemon_run(const struct egd_config_run *cfg)
 	d->cfg = *cfg;
 	d->bpf.phase_fd = d->bpf.config_fd = d->bpf.exempt_fd = d->bpf.resolver_fd = -1;
 	d->bpf.counters_fd = d->bpf.orig_fd = d->bpf.sockhash_fd = -1;
-	d->admin.fd = d->signals.fd = d->inotify.fd = -1;
+	d->admin.fd = d->signals.fd = d->inotify.fd = d->nft_monitor.fd = -1;
 	d->capture = EGD_CAPTURE_BPF;
 	raise_fd_limit();
 
@@ -378,9 +479,12 @@ int egd_daemon_run(const struct egd_config_run *cfg)
 		goto out;
 	if (setup_signals(d))
 		goto out;
-	if (setup_bpf(d))
+	if (setup_capture(d))
 		goto out;
 	if (start_workers(d))
+		goto out;
+	/* The proxy lives on worker 0's loop, so there is one budget ledger. */
+	if (!cfg->intercept_upstream.family && !(d->intercept = egd_intercept_new(d->loop)))
 		goto out;
 	if (cfg->admin.family) {
 		d->admin.fd = listen_on(&cfg->admin, "admin", 0, 0);
@@ -392,10 +496,13 @@ int egd_daemon_run(const struct egd_config_run *cfg)
 		egd_err("phase: %s", strerror(-err));
 		goto out;
 	}
+	if (d->capture == EGD_CAPTURE_NFT && nft_watch(d))
+		goto out;
 	if (run_worker_threads(d))
 		goto out;
 	d->listening = 1;
-	egd_info("ready: mode bpf, pin %s, phase %s, %u worker%s", cfg->pin_dir,
+	egd_info("ready: mode %s, pin %s, phase %s, %u worker%s", egd_capture_name(d),
+		 cfg->pin_dir,
 		 egd_phase_name(d->phase), d->n_workers, d->n_workers == 1 ? "" : "s");
 	notify_ready();
 
@@ -415,9 +522,11 @@ out:
 		egd_loop_stop(d->loop);
 	}
 	egd_audit_flush();
-	for (int *fd = (int[]){ d->admin.fd, d->signals.fd, d->inotify.fd, -2 }; *fd != -2; fd++)
+	for (int *fd = (int[]){ d->admin.fd, d->signals.fd, d->inotify.fd, d->nft_monitor.fd, -2 };
+	     *fd != -2; fd++)
 		if (*fd >= 0)
 			close(*fd);
+	egd_intercept_destroy(d->intercept);
 	egd_bpf_close(&d->bpf);
 	egd_loop_free(d->loop);
 	free(d->workers);

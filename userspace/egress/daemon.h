@@ -13,10 +13,12 @@
 #include "core/config.h"
 #include "core/loop.h"
 #include "datapath/bpf.h"
+#include "datapath/nft.h"
 #include "datapath/origdst.h"
 #include "egress/decide.h"
 
 struct egd_conn;
+struct egd_intercept;
 struct egd_resolver;
 
 /* Per-worker counters; only their worker writes them, /metrics sums them. */
@@ -77,10 +79,18 @@ struct egd_daemon {
 	uint64_t self_cgroup_id;
 
 	struct egd_watch admin, signals, inotify;
+	/* nft mode: the ruleset we install and keep installed. */
+	struct egd_nft_config nft;
+	int nft_installed;
+	struct egd_timer nft_check;
+	struct egd_watch nft_monitor;
 	struct egd_timer phase_poll;
 	int inotify_wd;
 	uint64_t phase_changes;
 
+	/* The embedded policy proxy, on worker 0; NULL when intercepted flows
+	 * go to EGRESSD_INTERCEPT_UPSTREAM instead. */
+	struct egd_intercept *intercept;
 	struct egd_worker *workers;
 	unsigned int n_workers;
 	unsigned int n_conns; /* all workers; __atomic, for max_conns */
@@ -101,6 +111,11 @@ void egd_engine_close_all(struct egd_worker *wk);
 void egd_engine_free_pipes(struct egd_worker *wk);
 
 /* phase.c: the sentinel watcher. */
+/* Put @p into the capture datapath: the BPF phase map, or the nftables
+ * phase element (installing the ruleset the first time). */
+int egd_capture_set_phase(struct egd_daemon *d, enum egd_phase p);
+const char *egd_capture_name(const struct egd_daemon *d);
+
 int egd_phase_start(struct egd_daemon *d);
 /* Set the phase everywhere it lives (BPF map, daemon) and act on it. */
 void egd_phase_set(struct egd_daemon *d, enum egd_phase p, const char *why);

@@ -12,6 +12,7 @@
  * rather than freed.
  */
 #include "egress/daemon.h"
+#include "egress/intercept.h"
 #include "egress/resolve.h"
 #include "datapath/origdst.h"
 #include "core/log.h"
@@ -491,6 +492,26 @@ static void on_resolved(void *arg, const char *err, const struct egd_addr *addr)
 
 /* --- decision -------------------------------------------------------------- */
 
+/*
+ * The embedded proxy takes the client socket and the bytes sniffed from it;
+ * the engine's part of the connection ends here. The socket leaves this
+ * worker's epoll set first: it stays open, and the proxy watches it on
+ * worker 0's loop.
+ */
+static void hand_off(struct egd_conn *c)
+{
+	int fd = c->cw.fd, err;
+
+	egd_loop_del(c->wk->loop, &c->cw);
+	c->cw.fd = -1;
+	err = egd_intercept_handoff(c->d->intercept, fd, c->intent.sniff.proto,
+				    c->intent.sniff.host, c->buf, c->len);
+	if (err)
+		egd_warn("handing a connection to the policy proxy: %s", strerror(-err));
+	conn_close(c, NULL, 0);
+}
+
+
 static void decide_and_act(struct egd_conn *c)
 {
 	struct egd_worker *wk = c->wk;
@@ -509,6 +530,10 @@ static void decide_and_act(struct egd_conn *c)
 		deny(c);
 		return;
 	case EGD_VERDICT_INTERCEPT:
+		if (d->intercept) {
+			hand_off(c);
+			return;
+		}
 		c->counted_open = 1;
 		wk->m.open_tunnels++;
 		dial(c, &d->cfg.intercept_upstream);

@@ -35,13 +35,11 @@ void egd_phase_set(struct egd_daemon *d, enum egd_phase p, const char *why)
 
 	/* The kernel first, so no new flow is judged by the old phase in BPF
 	 * while the daemon already has the new one. */
-	if (d->capture == EGD_CAPTURE_BPF) {
-		err = egd_bpf_set_phase(&d->bpf, p);
-		if (err) {
-			egd_err("setting the BPF phase map: %s; staying in %s", strerror(-err),
-				egd_phase_name(d->phase));
-			return;
-		}
+	err = egd_capture_set_phase(d, p);
+	if (err) {
+		egd_err("setting the %s phase: %s; staying in %s", egd_capture_name(d),
+			strerror(-err), egd_phase_name(d->phase));
+		return;
 	}
 	if (p == d->phase)
 		return;
@@ -118,7 +116,7 @@ int egd_phase_start(struct egd_daemon *d)
 	if (d->cfg.phase_source == EGD_PHASE_FIXED) {
 		egd_phase_set(d, d->cfg.fixed_phase, "fixed by EGRESSD_PHASE");
 		/* egd_phase_set skips the BPF write when unchanged; force it. */
-		return d->capture == EGD_CAPTURE_BPF ? egd_bpf_set_phase(&d->bpf, d->phase) : 0;
+		return egd_capture_set_phase(d, d->phase);
 	}
 	d->inotify.fd = inotify_init1(IN_NONBLOCK | IN_CLOEXEC);
 	d->inotify.cb = on_inotify;
@@ -136,7 +134,7 @@ int egd_phase_start(struct egd_daemon *d)
 	}
 	d->phase_poll.cb = on_poll;
 	d->phase = sentinel_phase(d);
-	err = d->capture == EGD_CAPTURE_BPF ? egd_bpf_set_phase(&d->bpf, d->phase) : 0;
+	err = egd_capture_set_phase(d, d->phase);
 	if (err)
 		return err;
 	egd_info("phase: %s (sentinel %s %s)", egd_phase_name(d->phase), d->cfg.sentinel,

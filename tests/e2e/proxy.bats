@@ -1,0 +1,196 @@
+#!/usr/bin/env bats
+# SPDX-License-Identifier: MIT
+# The embedded policy proxy behind the real capture: with no
+# EGRESSD_INTERCEPT_UPSTREAM, the agent's connections to openrouter.ai (TLS
+# on 443, plain HTTP on 80) are served by the daemon itself, which applies
+# the OpenRouter policy and forwards to a fake OpenRouter in the server
+# namespace. Several workers, so connections accepted away from worker 0
+# take the handoff queue.
+
+load lib
+
+KEY=sk-or-test-egressd-agent-key
+
+setup() {
+	skip_unless_capable
+	egd_setup_net
+	egd_setup_cgroups
+	egd_cert
+	# The fake stands where openrouter.ai resolves for the proxy, and keeps
+	# every request it received in upstream.jsonl.
+	in_srv python3 "$FIX/fake_openrouter.py" --listen $SRV4 --port 443 \
+		--cert "$T/cert.pem" --key "$T/key.pem" --record "$T/upstream.jsonl" \
+		--port-file "$T/fake.port" >"$T/fake.out" 2>&1 3>&- &
+	SERVERS_PID=$!
+	wait_for 10 test -e "$T/fake.port"
+	egd_attach
+	egd_proxy_dirs
+	export UPSTREAM_CA_FILE=$T/cert.pem UPSTREAM_RESOLVE=openrouter.ai:443:$SRV4
+	export OPENROUTER_MANAGEMENT_KEY=mgmt-test OPENROUTER_WORKSPACE_ID=ws-test
+	export RESTRICTED_MODELS=openai/gpt-4o EVALUATION_RUN_ID=e2e-run
+	OPENROUTER_EXPECTED_API_KEY_SHA256=$(printf %s "$KEY" | sha256sum | cut -d' ' -f1)
+	export OPENROUTER_EXPECTED_API_KEY_SHA256
+}
+
+teardown() {
+	egd_teardown
+}
+
+start() {
+	egd_start_daemon --admin-listen 127.0.0.1:15000 --workers 4 "$@"
+}
+
+# chat URL BODY [curl args...] : POST as the agent; prints body then status
+chat() {
+	local url=$1 body=$2
+	shift 2
+	agent curl -sS -m 10 --cacert "$T/ca/ca-bundle.crt" \
+		--resolve openrouter.ai:443:$SRV4 --resolve openrouter.ai:80:$SRV4 \
+		-H "Authorization: Bearer $KEY" -H 'Content-Type: application/json' \
+		-w '\n%{http_code}' -d "$body" "$@" "$url"
+}
+
+# upstream_last PYEXPR : evaluate PYEXPR on the last request the fake got (r)
+upstream_last() {
+	python3 - "$T/upstream.jsonl" "$1" <<'PY'
+import json, sys
+lines = [json.loads(l) for l in open(sys.argv[1])]
+posts = [l for l in lines if l["method"] == "POST"]
+r = posts[-1]
+sys.exit(0 if eval(sys.argv[2]) else 1)
+PY
+}
+
+@test "TLS: an allowed request is sanitized, forwarded and answered 200" {
+	start
+	run chat https://openrouter.ai/api/v1/chat/completions \
+		'{"model":"anthropic/claude-sonnet-4","messages":[{"role":"user","content":"hi"}],"provider":{"data_collection":"allow"},"plugins":[{"id":"web"}]}'
+	[ "$status" -eq 0 ]
+	[ "${lines[-1]}" = 200 ]
+	[[ "$output" == *'"content": "hello"'* ]]
+	upstream_last 'r["path"] == "/api/v1/chat/completions"'
+	upstream_last 'r["body"]["provider"]["zdr"] is True'
+	upstream_last '"data_collection" not in r["body"]["provider"]'
+	upstream_last '"plugins" not in r["body"]'
+	upstream_last 'r["body"]["usage"] == {"include": True}'
+	audit_has event=decision host=openrouter.ai proto=tls verdict=intercept \
+		reason=intercept-host
+	# The agent trusted the pod CA, and only because it asked to.
+	[ -s "$T/ca/ca.crt" ] && [ ! -e "$T/ca/ca.key" ]
+	run agent curl -sS -m 5 --resolve openrouter.ai:443:$SRV4 \
+		https://openrouter.ai/api/v1/usage
+	[ "$status" -eq 60 ]
+}
+
+@test "TLS: a restricted model and a wrong key are refused 403 without reaching upstream" {
+	start
+	run chat https://openrouter.ai/api/v1/chat/completions \
+		'{"model":"openai/gpt-4o","messages":[]}'
+	[ "${lines[-1]}" = 403 ]
+	[[ "$output" == *'Restricted model(s): openai/gpt-4o'* ]]
+	run agent curl -sS -m 10 --cacert "$T/ca/ca-bundle.crt" \
+		--resolve openrouter.ai:443:$SRV4 -H 'Authorization: Bearer sk-wrong' \
+		-w '\n%{http_code}' -d '{"model":"anthropic/claude-sonnet-4","messages":[]}' \
+		https://openrouter.ai/api/v1/chat/completions
+	[ "${lines[-1]}" = 403 ]
+	! grep -q '"method": "POST"' "$T/upstream.jsonl" 2>/dev/null
+}
+
+@test "TLS: GET /api/v1/usage is answered locally; the ledger counts requests" {
+	start
+	for _ in 1 2 3; do
+		run chat https://openrouter.ai/api/v1/chat/completions \
+			'{"model":"anthropic/claude-sonnet-4","messages":[]}'
+		[ "${lines[-1]}" = 200 ]
+	done
+	run agent curl -sS -m 10 --cacert "$T/ca/ca-bundle.crt" \
+		--resolve openrouter.ai:443:$SRV4 -H "Authorization: Bearer $KEY" \
+		-w '\n%{http_code}' https://openrouter.ai/api/v1/usage
+	[ "${lines[-1]}" = 200 ]
+	python3 -c "import json,sys; assert json.loads(sys.argv[1])['requests'] == 3" \
+		"$(printf '%s\n' "${lines[@]:0:${#lines[@]}-1}")"
+	! grep -q '"path": "/api/v1/usage"' "$T/upstream.jsonl"
+	python3 - "$T/data/proxy_usage.json" <<'PY'
+import json, sys
+u = json.load(open(sys.argv[1]))
+assert u["requests"] == 3, u
+assert abs(u["total_cost_usd"] - 0.003) < 1e-9, u
+assert u["evaluation_run_id"] == "e2e-run", u
+PY
+	[ "$(wc -l <"$T/data/proxy_inferences.jsonl")" -eq 3 ]
+	# Three completions and the usage answer.
+	[ "$(metric 'egressd_proxy_requests_total{code="200"}')" = 4 ]
+}
+
+@test "TLS: a streaming request is relayed as server-sent events" {
+	start
+	run chat https://openrouter.ai/api/v1/chat/completions \
+		'{"model":"anthropic/claude-sonnet-4","stream":true,"messages":[]}' -N
+	[ "${lines[-1]}" = 200 ]
+	[[ "$output" == *'"content": "hel"'* ]]
+	[[ "$output" == *'data: [DONE]'* ]]
+	upstream_last 'r["body"]["stream"] is True'
+	# The cost came from the final chunk's usage.
+	python3 - "$T/data/proxy_usage.json" <<'PY'
+import json, sys
+u = json.load(open(sys.argv[1]))
+assert u["requests"] == 1 and abs(u["total_cost_usd"] - 0.001) < 1e-9, u
+PY
+}
+
+@test "plain HTTP to openrouter.ai on port 80 gets the same policy" {
+	start
+	run chat http://openrouter.ai/api/v1/chat/completions \
+		'{"model":"anthropic/claude-sonnet-4","messages":[],"transforms":["x"]}'
+	[ "${lines[-1]}" = 200 ]
+	upstream_last 'r["body"]["provider"]["zdr"] is True and "transforms" not in r["body"]'
+	run chat http://openrouter.ai/api/v1/chat/completions '{"model":"openai/gpt-4o"}'
+	[ "${lines[-1]}" = 403 ]
+	audit_has host=openrouter.ai proto=http verdict=intercept dst=$SRV4:80
+}
+
+@test "an agent given the base URL http://127.0.0.1:8080 reaches the proxy's own listener" {
+	start
+	run chat http://127.0.0.1:8080/api/v1/chat/completions \
+		'{"model":"anthropic/claude-sonnet-4","messages":[]}'
+	[ "${lines[-1]}" = 200 ]
+	upstream_last 'r["body"]["provider"]["zdr"] is True'
+	run chat http://127.0.0.1:8080/api/v1/chat/completions '{"model":"openai/gpt-4o"}'
+	[ "${lines[-1]}" = 403 ]
+}
+
+@test "many connections over every worker share one ledger" {
+	start
+	local pids=()
+	for i in $(seq 1 12); do
+		chat https://openrouter.ai/api/v1/chat/completions \
+			'{"model":"anthropic/claude-sonnet-4","messages":[]}' >"$T/out.$i" 3>&- &
+		pids+=($!)
+	done
+	# Not a bare wait: the daemon is a background job too.
+	wait "${pids[@]}"
+	for i in $(seq 1 12); do
+		[ "$(tail -n1 "$T/out.$i")" = 200 ]
+	done
+	python3 -c "import json,sys; assert json.load(open(sys.argv[1]))['requests'] == 12" \
+		"$T/data/proxy_usage.json"
+}
+
+@test "without the keys the daemon still starts and answers 503" {
+	unset OPENROUTER_EXPECTED_API_KEY_SHA256 OPENROUTER_MANAGEMENT_KEY
+	start
+	run chat https://openrouter.ai/api/v1/chat/completions \
+		'{"model":"anthropic/claude-sonnet-4","messages":[]}'
+	[ "${lines[-1]}" = 503 ]
+	[[ "$output" == *'enforcement is not configured'* ]]
+}
+
+@test "an unusable CA directory stops the daemon at start" {
+	# A file where the key directory should be: the CA cannot be opened.
+	: >"$T/cakey-file"
+	EGRESSD_CA_KEY_DIR=$T/cakey-file run nsenter --net="/run/netns/$NS_A" \
+		sh -c 'echo $$ > "$0/cgroup.procs" && exec "$@"' "$CG/daemon" \
+		"$EGRESSD" run --pin "$PIN" --sentinel "$T/sentinel" --admin-listen off
+	[ "$status" -ne 0 ]
+	[[ "$output" == *"pod CA"* ]]
+}
