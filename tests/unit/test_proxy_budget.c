@@ -20,6 +20,7 @@
 #include <jansson.h>
 
 #include "proxy/budget.h"
+#include "core/fsutil.h"
 
 #define EPS 1e-12
 #define CONCURRENT_REQUESTS 200
@@ -344,7 +345,7 @@ static void write_usage(const char *dir, const char *content)
 	char path[512];
 
 	snprintf(path, sizeof(path), "%s/%s", dir, EGD_USAGE_FILE_NAME);
-	assert_int_equal(egd_write_file_atomic(path, content, strlen(content)), 0);
+	assert_int_equal(egd_write_file_atomic(path, content, strlen(content), 0644), 0);
 }
 
 static void test_corrupt_usage_file_is_an_error(void **state)

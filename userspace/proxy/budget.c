@@ -6,6 +6,7 @@
  * accumulates across a long run.
  */
 #include "proxy/budget.h"
+#include "core/fsutil.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -300,75 +301,6 @@ char *egd_budget_usage_dump(struct egd_budget *b)
 	return s;
 }
 
-static int write_all(int fd, const char *p, size_t len)
-{
-	while (len) {
-		ssize_t n = write(fd, p, len);
-
-		if (n < 0) {
-			if (errno == EINTR)
-				continue;
-			return -errno;
-		}
-		p += n;
-		len -= (size_t)n;
-	}
-	return 0;
-}
-
-static int fsync_dir_of(const char *path)
-{
-	char *copy = strdup(path);
-	int fd, err = 0;
-
-	if (!copy)
-		return -ENOMEM;
-	fd = open(dirname(copy), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-	free(copy);
-	if (fd < 0)
-		return -errno;
-	if (fsync(fd))
-		err = -errno;
-	close(fd);
-	return err;
-}
-
-int egd_write_file_atomic(const char *path, const void *data, size_t len)
-{
-	char *tmp;
-	int fd, err;
-
-	/* Same directory as the target, so rename() is atomic. */
-	if (asprintf(&tmp, "%s.tmp.XXXXXX", path) < 0)
-		return -ENOMEM;
-	fd = mkostemp(tmp, O_CLOEXEC);
-	if (fd < 0) {
-		err = -errno;
-		goto err_free;
-	}
-	err = write_all(fd, data, len);
-	if (!err && fchmod(fd, 0644))
-		err = -errno;
-	if (!err && fsync(fd))
-		err = -errno;
-	if (close(fd) && !err)
-		err = -errno;
-	if (err)
-		goto err_unlink;
-	if (rename(tmp, path)) {
-		err = -errno;
-		goto err_unlink;
-	}
-	free(tmp);
-	return fsync_dir_of(path);
-
-err_unlink:
-	unlink(tmp);
-err_free:
-	free(tmp);
-	return err;
-}
-
 int egd_usage_file_read(const char *path, json_t **out, char *err, size_t errlen)
 {
 	json_error_t jerr;
@@ -447,7 +379,7 @@ int egd_budget_save(struct egd_budget *b)
 		return -ENOMEM;
 	/* Saves from two threads may interleave; each file written is a
 	 * complete snapshot, and the later rename wins. */
-	err = egd_write_file_atomic(b->usage_path, s, strlen(s));
+	err = egd_write_file_atomic(b->usage_path, s, strlen(s), 0644);
 	free(s);
 	return err;
 }
@@ -509,7 +441,7 @@ int egd_inference_append(const char *path, const char *line)
 	if (fd < 0)
 		return -errno;
 	/* One write on O_APPEND: concurrent writers never interleave lines. */
-	err = write_all(fd, line, strlen(line));
+	err = egd_write_all(fd, line, strlen(line));
 	if (!err && fsync(fd))
 		err = -errno;
 	close(fd);

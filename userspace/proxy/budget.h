@@ -111,7 +111,6 @@ int egd_budget_load(struct egd_budget *b, char *err, size_t errlen);
 int egd_budget_save(struct egd_budget *b);
 
 /* The same, on explicit paths: exposed for tests and tools. */
-int egd_write_file_atomic(const char *path, const void *data, size_t len);
 int egd_usage_file_read(const char *path, json_t **out, char *err, size_t errlen);
 
 /* ---- proxy_inferences.jsonl -------------------------------------------- */

@@ -6,6 +6,7 @@
  * world-readable moment) and only ever into the key directory.
  */
 #include "proxy/ca.h"
+#include "core/fsutil.h"
 
 #include <arpa/inet.h>
 #include <errno.h>
@@ -71,57 +72,6 @@ static int mkdir_p(const char *path, mode_t mode)
 	if (mkdir(buf, mode) && errno != EEXIST)
 		return -errno;
 	return 0;
-}
-
-/* Temp file created with its final @mode, fsync, rename: readers see the old
- * file or the new one, never a part, and a key is never briefly readable. */
-static int write_atomic(const char *path, const void *data, size_t len, mode_t mode)
-{
-	const char *p = data;
-	char *tmp;
-	int fd, err = 0;
-
-	if (asprintf(&tmp, "%s.tmp.%d", path, (int)getpid()) < 0)
-		return -ENOMEM;
-	unlink(tmp);
-	fd = open(tmp, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, mode);
-	if (fd < 0) {
-		err = -errno;
-		goto err_free;
-	}
-	/* The umask may have cleared bits of @mode; set exactly @mode. */
-	if (fchmod(fd, mode))
-		err = -errno;
-	while (!err && len) {
-		ssize_t w = write(fd, p, len);
-
-		if (w < 0 && errno == EINTR)
-			continue;
-		if (w < 0) {
-			err = -errno;
-			break;
-		}
-		p += w;
-		len -= (size_t)w;
-	}
-	if (!err && fsync(fd))
-		err = -errno;
-	if (close(fd) && !err)
-		err = -errno;
-	if (err)
-		goto err_unlink;
-	if (rename(tmp, path)) {
-		err = -errno;
-		goto err_unlink;
-	}
-	free(tmp);
-	return 0;
-
-err_unlink:
-	unlink(tmp);
-err_free:
-	free(tmp);
-	return err;
 }
 
 static int random_serial(X509 *x)
@@ -284,7 +234,7 @@ static int generate(struct egd_ca *ca, const char *key_path, const char *cert_pa
 	pem = pem_of(write_key_pem, ca->key, &len);
 	if (!pem)
 		return -ENOMEM;
-	err = write_atomic(key_path, pem, len, 0600);
+	err = egd_write_file_atomic(key_path, pem, len, 0600);
 	OPENSSL_cleanse(pem, len);
 	free(pem);
 	if (err)
@@ -292,7 +242,7 @@ static int generate(struct egd_ca *ca, const char *key_path, const char *cert_pa
 	pem = pem_of(write_cert_pem, ca->cert, &len);
 	if (!pem)
 		return -ENOMEM;
-	err = write_atomic(cert_path, pem, len, 0644);
+	err = egd_write_file_atomic(cert_path, pem, len, 0644);
 	free(pem);
 	ca->generated = 1;
 	return err;
@@ -335,7 +285,7 @@ static int publish(struct egd_ca *ca, const char *out_dir, const char *system_bu
 		path = NULL;
 		goto out;
 	}
-	err = write_atomic(path, pem, len, 0644);
+	err = egd_write_file_atomic(path, pem, len, 0644);
 	if (err)
 		goto out;
 	if (system_bundle) {
@@ -359,7 +309,7 @@ static int publish(struct egd_ca *ca, const char *out_dir, const char *system_bu
 		path = NULL;
 		goto out;
 	}
-	err = write_atomic(path, bundle, sys_len + len, 0644);
+	err = egd_write_file_atomic(path, bundle, sys_len + len, 0644);
 out:
 	free(bundle);
 	free(sys);
