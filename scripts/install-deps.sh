@@ -12,6 +12,7 @@ PKGS=(
 	iproute2 nftables curl socat python3 procps
 	nginx-light libnginx-mod-stream
 	python3-yaml docker-compose
+	nodejs
 )
 
 missing=()
