@@ -25,6 +25,9 @@ skip_unless_capable() {
 	CG_ROOT=$(awk '$3 == "cgroup2" { print $2; exit }' /proc/mounts)
 	[ -n "$CG_ROOT" ] || skip "no cgroup2 hierarchy mounted"
 	[ -x "$EGRESSD" ] || skip "egressd not built at $EGRESSD"
+	# Every daemon a test starts keeps the proxy's CA and ledger in the
+	# test's own directory, never in the machine's defaults.
+	egd_proxy_dirs
 }
 
 # Run a command in the agent namespace, in the agent cgroup. nsenter, not

@@ -25,6 +25,12 @@ phase_is() {
 	[ "$(metric egressd_phase)" = "$1" ]
 }
 
+setup() {
+	# Any daemon here that serves the embedded proxy keeps its CA and
+	# ledger in the test's own directory, never the machine's.
+	egd_proxy_dirs
+}
+
 teardown() {
 	[ -n "${NS_A:-}" ] && in_agent_ns "$EGRESSD" nft-remove >/dev/null 2>&1
 	egd_teardown
