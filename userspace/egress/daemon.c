@@ -483,9 +483,6 @@ int egd_daemon_run(const struct egd_config_run *cfg)
 		goto out;
 	if (start_workers(d))
 		goto out;
-	/* The proxy lives on worker 0's loop, so there is one budget ledger. */
-	if (!cfg->intercept_upstream.family && !(d->intercept = egd_intercept_new(d->loop)))
-		goto out;
 	if (cfg->admin.family) {
 		d->admin.fd = listen_on(&cfg->admin, "admin", 0, 0);
 		if (d->admin.fd < 0 || egd_admin_start(d))
@@ -497,6 +494,11 @@ int egd_daemon_run(const struct egd_config_run *cfg)
 		goto out;
 	}
 	if (d->capture == EGD_CAPTURE_NFT && nft_watch(d))
+		goto out;
+	/* The proxy lives on worker 0's loop, so there is one budget ledger.
+	 * It starts once capture is in place: a daemon that cannot enforce
+	 * exits before it writes a CA. */
+	if (!cfg->intercept_upstream.family && !(d->intercept = egd_intercept_new(d->loop)))
 		goto out;
 	if (run_worker_threads(d))
 		goto out;
