@@ -54,6 +54,12 @@ static int fsync_dir_of(const char *path)
 
 int egd_write_file_atomic(const char *path, const void *data, size_t len, mode_t mode)
 {
+	return egd_write_file_atomic_sync(path, data, len, mode, 1);
+}
+
+int egd_write_file_atomic_sync(const char *path, const void *data, size_t len, mode_t mode,
+			       int sync)
+{
 	char *tmp;
 	int fd, err;
 
@@ -68,7 +74,7 @@ int egd_write_file_atomic(const char *path, const void *data, size_t len, mode_t
 	err = egd_write_all(fd, data, len);
 	if (!err && fchmod(fd, mode))
 		err = -errno;
-	if (!err && fsync(fd))
+	if (!err && sync && fsync(fd))
 		err = -errno;
 	if (close(fd) && !err)
 		err = -errno;
@@ -79,7 +85,7 @@ int egd_write_file_atomic(const char *path, const void *data, size_t len, mode_t
 		goto err_unlink;
 	}
 	free(tmp);
-	return fsync_dir_of(path);
+	return sync ? fsync_dir_of(path) : 0;
 
 err_unlink:
 	unlink(tmp);
@@ -88,3 +94,15 @@ err_free:
 	return err;
 }
 
+
+int egd_fsync_path(const char *path)
+{
+	int fd = open(path, O_RDONLY | O_CLOEXEC), err = 0;
+
+	if (fd < 0)
+		return errno == ENOENT ? 0 : -errno;
+	if (fsync(fd))
+		err = -errno;
+	close(fd);
+	return err ? err : fsync_dir_of(path);
+}

@@ -7,6 +7,7 @@
  */
 #include "proxy/budget.h"
 #include "core/fsutil.h"
+#include "core/log.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -193,6 +194,8 @@ struct egd_budget {
 	char *run_id;
 	char *usage_path;      /* NULL without a data dir */
 	char *inferences_path; /* NULL without a data dir */
+	/* Group commit: written since the last fsync (egd_budget_flush()). */
+	int dirty;
 };
 
 static char *join_path(const char *dir, const char *name)
@@ -241,6 +244,8 @@ void egd_budget_destroy(struct egd_budget *b)
 {
 	if (!b)
 		return;
+	if (egd_budget_flush(b))
+		egd_warn("budget: the last usage records could not be written");
 	pthread_mutex_destroy(&b->mu);
 	egd_ledger_fini(&b->l);
 	free(b->run_id);
@@ -446,6 +451,65 @@ int egd_inference_append(const char *path, const char *line)
 		err = -errno;
 	close(fd);
 	return err;
+}
+
+int egd_budget_queue_inference(struct egd_budget *b, const struct egd_inference *r)
+{
+	char *line;
+	int fd, err = 0;
+
+	if (!b->inferences_path)
+		return 0;
+	line = egd_inference_line(r);
+	if (!line)
+		return -errno;
+	/* Written now, before the answer leaves, so a killed daemon has it;
+	 * made durable against a crash of the machine by the next flush. */
+	fd = open(b->inferences_path, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0644);
+	if (fd < 0) {
+		err = -errno;
+	} else {
+		err = egd_write_all(fd, line, strlen(line));
+		close(fd);
+	}
+	free(line);
+	pthread_mutex_lock(&b->mu);
+	b->dirty = 1;
+	pthread_mutex_unlock(&b->mu);
+	return err;
+}
+
+void egd_budget_mark_dirty(struct egd_budget *b)
+{
+	char *s;
+
+	if (!b->usage_path)
+		return;
+	s = egd_budget_usage_dump(b);
+	if (!s || egd_write_file_atomic_sync(b->usage_path, s, strlen(s), 0644, 0))
+		egd_warn("budget: cannot write %s", b->usage_path);
+	free(s);
+	pthread_mutex_lock(&b->mu);
+	b->dirty = 1;
+	pthread_mutex_unlock(&b->mu);
+}
+
+int egd_budget_flush(struct egd_budget *b)
+{
+	int dirty, err = 0, err2 = 0;
+
+	pthread_mutex_lock(&b->mu);
+	dirty = b->dirty;
+	b->dirty = 0;
+	pthread_mutex_unlock(&b->mu);
+	if (!dirty)
+		return 0;
+	/* One fsync each for every request that finished since the last. */
+	if (b->inferences_path)
+		err = egd_fsync_path(b->inferences_path);
+	if (b->usage_path)
+		err2 = egd_fsync_path(b->usage_path);
+	return err ? err : err2;
 }
 
 int egd_budget_log_inference(struct egd_budget *b, const struct egd_inference *r)

@@ -135,6 +135,19 @@ int egd_inference_append(const char *path, const char *line);
 /* The same into PROXY_DATA_DIR/proxy_inferences.jsonl (no-op without dir). */
 int egd_budget_log_inference(struct egd_budget *b, const struct egd_inference *r);
 
+/*
+ * Group commit for a busy proxy. Each request's inference line is appended
+ * and the usage file rewritten (temp file + rename) at once, before its
+ * answer leaves, so a daemon killed at any point loses nothing it answered;
+ * the fsyncs that guard against a crash of the machine are left to
+ * egd_budget_flush(), run once per loop turn for every request finished in
+ * it. destroy() flushes.
+ */
+int egd_budget_queue_inference(struct egd_budget *b, const struct egd_inference *r);
+/* Rewrite the usage file now, without fsync. */
+void egd_budget_mark_dirty(struct egd_budget *b);
+int egd_budget_flush(struct egd_budget *b);
+
 /* Python's datetime.now(timezone.utc).isoformat(): the reference format,
  * "2026-01-02T03:04:05.123456+00:00". @out needs 33 bytes. */
 #define EGD_ISO_TIME_MAX_BYTES 40
