@@ -239,3 +239,32 @@ egd_proxy_dirs() {
 	export PROXY_DATA_DIR=$BATS_TEST_TMPDIR/data
 	mkdir -p "$PROXY_DATA_DIR"
 }
+
+# The embedded policy proxy's fixture (proxy.bats, proxy_clients.bats): the
+# fake OpenRouter in the server namespace, the BPF capture, and the proxy's
+# settings with the test key KEY. egd_start_proxy then runs the daemon.
+KEY=sk-or-test-egressd-agent-key
+egd_setup_proxy() {
+	skip_unless_capable
+	egd_setup_net
+	egd_setup_cgroups
+	egd_cert
+	# The fake stands where openrouter.ai resolves for the proxy, and keeps
+	# every request it received in upstream.jsonl.
+	in_srv python3 "$FIX/fake_openrouter.py" --listen $SRV4 --port 443 \
+		--cert "$T/cert.pem" --key "$T/key.pem" --record "$T/upstream.jsonl" \
+		--port-file "$T/fake.port" >"$T/fake.out" 2>&1 3>&- &
+	SERVERS_PID=$!
+	wait_for 10 test -e "$T/fake.port"
+	egd_attach
+	egd_proxy_dirs
+	export UPSTREAM_CA_FILE=$T/cert.pem UPSTREAM_RESOLVE=openrouter.ai:443:$SRV4
+	export OPENROUTER_MANAGEMENT_KEY=mgmt-test OPENROUTER_WORKSPACE_ID=ws-test
+	export RESTRICTED_MODELS=openai/gpt-4o EVALUATION_RUN_ID=e2e-run
+	OPENROUTER_EXPECTED_API_KEY_SHA256=$(printf %s "$KEY" | sha256sum | cut -d' ' -f1)
+	export OPENROUTER_EXPECTED_API_KEY_SHA256
+}
+
+egd_start_proxy() {
+	egd_start_daemon --admin-listen 127.0.0.1:15000 --workers 4 "$@"
+}

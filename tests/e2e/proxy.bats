@@ -9,35 +9,13 @@
 
 load lib
 
-KEY=sk-or-test-egressd-agent-key
 
 setup() {
-	skip_unless_capable
-	egd_setup_net
-	egd_setup_cgroups
-	egd_cert
-	# The fake stands where openrouter.ai resolves for the proxy, and keeps
-	# every request it received in upstream.jsonl.
-	in_srv python3 "$FIX/fake_openrouter.py" --listen $SRV4 --port 443 \
-		--cert "$T/cert.pem" --key "$T/key.pem" --record "$T/upstream.jsonl" \
-		--port-file "$T/fake.port" >"$T/fake.out" 2>&1 3>&- &
-	SERVERS_PID=$!
-	wait_for 10 test -e "$T/fake.port"
-	egd_attach
-	egd_proxy_dirs
-	export UPSTREAM_CA_FILE=$T/cert.pem UPSTREAM_RESOLVE=openrouter.ai:443:$SRV4
-	export OPENROUTER_MANAGEMENT_KEY=mgmt-test OPENROUTER_WORKSPACE_ID=ws-test
-	export RESTRICTED_MODELS=openai/gpt-4o EVALUATION_RUN_ID=e2e-run
-	OPENROUTER_EXPECTED_API_KEY_SHA256=$(printf %s "$KEY" | sha256sum | cut -d' ' -f1)
-	export OPENROUTER_EXPECTED_API_KEY_SHA256
+	egd_setup_proxy
 }
 
 teardown() {
 	egd_teardown
-}
-
-start() {
-	egd_start_daemon --admin-listen 127.0.0.1:15000 --workers 4 "$@"
 }
 
 # chat URL BODY [curl args...] : POST as the agent; prints body then status
@@ -62,7 +40,7 @@ PY
 }
 
 @test "TLS: an allowed request is sanitized, forwarded and answered 200" {
-	start
+	egd_start_proxy
 	run chat https://openrouter.ai/api/v1/chat/completions \
 		'{"model":"anthropic/claude-sonnet-4","messages":[{"role":"user","content":"hi"}],"provider":{"data_collection":"allow"},"plugins":[{"id":"web"}]}'
 	[ "$status" -eq 0 ]
@@ -83,7 +61,7 @@ PY
 }
 
 @test "TLS: a restricted model and a wrong key are refused 403 without reaching upstream" {
-	start
+	egd_start_proxy
 	run chat https://openrouter.ai/api/v1/chat/completions \
 		'{"model":"openai/gpt-4o","messages":[]}'
 	[ "${lines[-1]}" = 403 ]
@@ -97,7 +75,7 @@ PY
 }
 
 @test "TLS: GET /api/v1/usage is answered locally; the ledger counts requests" {
-	start
+	egd_start_proxy
 	for _ in 1 2 3; do
 		run chat https://openrouter.ai/api/v1/chat/completions \
 			'{"model":"anthropic/claude-sonnet-4","messages":[]}'
@@ -123,7 +101,7 @@ PY
 }
 
 @test "TLS: a streaming request is relayed as server-sent events" {
-	start
+	egd_start_proxy
 	run chat https://openrouter.ai/api/v1/chat/completions \
 		'{"model":"anthropic/claude-sonnet-4","stream":true,"messages":[]}' -N
 	[ "${lines[-1]}" = 200 ]
@@ -139,7 +117,7 @@ PY
 }
 
 @test "plain HTTP to openrouter.ai on port 80 gets the same policy" {
-	start
+	egd_start_proxy
 	run chat http://openrouter.ai/api/v1/chat/completions \
 		'{"model":"anthropic/claude-sonnet-4","messages":[],"transforms":["x"]}'
 	[ "${lines[-1]}" = 200 ]
@@ -150,7 +128,7 @@ PY
 }
 
 @test "an agent given the base URL http://127.0.0.1:8080 reaches the proxy's own listener" {
-	start
+	egd_start_proxy
 	run chat http://127.0.0.1:8080/api/v1/chat/completions \
 		'{"model":"anthropic/claude-sonnet-4","messages":[]}'
 	[ "${lines[-1]}" = 200 ]
@@ -160,7 +138,7 @@ PY
 }
 
 @test "many connections over every worker share one ledger" {
-	start
+	egd_start_proxy
 	local pids=()
 	for i in $(seq 1 12); do
 		chat https://openrouter.ai/api/v1/chat/completions \
@@ -178,7 +156,7 @@ PY
 
 @test "without the keys the daemon still starts and answers 503" {
 	unset OPENROUTER_EXPECTED_API_KEY_SHA256 OPENROUTER_MANAGEMENT_KEY
-	start
+	egd_start_proxy
 	run chat https://openrouter.ai/api/v1/chat/completions \
 		'{"model":"anthropic/claude-sonnet-4","messages":[]}'
 	[ "${lines[-1]}" = 503 ]

@@ -9,7 +9,6 @@
 
 load lib
 
-KEY=sk-or-test-egressd-agent-key
 NODE_DIR=$BATS_TEST_DIRNAME/node
 
 # The SDK comes from the npm registry, pinned by tests/e2e/node/package-lock.json.
@@ -31,32 +30,11 @@ setup_file() {
 }
 
 setup() {
-	skip_unless_capable
-	egd_setup_net
-	egd_setup_cgroups
-	egd_cert
-	# The fake stands where openrouter.ai resolves for the proxy, and keeps
-	# every request it received in upstream.jsonl.
-	in_srv python3 "$FIX/fake_openrouter.py" --listen $SRV4 --port 443 \
-		--cert "$T/cert.pem" --key "$T/key.pem" --record "$T/upstream.jsonl" \
-		--port-file "$T/fake.port" >"$T/fake.out" 2>&1 3>&- &
-	SERVERS_PID=$!
-	wait_for 10 test -e "$T/fake.port"
-	egd_attach
-	egd_proxy_dirs
-	export UPSTREAM_CA_FILE=$T/cert.pem UPSTREAM_RESOLVE=openrouter.ai:443:$SRV4
-	export OPENROUTER_MANAGEMENT_KEY=mgmt-test OPENROUTER_WORKSPACE_ID=ws-test
-	export RESTRICTED_MODELS=openai/gpt-4o EVALUATION_RUN_ID=e2e-run
-	OPENROUTER_EXPECTED_API_KEY_SHA256=$(printf %s "$KEY" | sha256sum | cut -d' ' -f1)
-	export OPENROUTER_EXPECTED_API_KEY_SHA256
+	egd_setup_proxy
 }
 
 teardown() {
 	egd_teardown
-}
-
-start() {
-	egd_start_daemon --admin-listen 127.0.0.1:15000 --workers 4 "$@"
 }
 
 # status_of BODY : POST a chat completion as the agent; prints the status
@@ -89,7 +67,7 @@ daemon_gone() {
 @test "the Node openai SDK as the agent: non-streaming and streaming, CA from NODE_EXTRA_CA_CERTS only" {
 	reason=$(cat "$BATS_FILE_TMPDIR/node.skip")
 	[ -z "$reason" ] || skip "$reason"
-	start
+	egd_start_proxy
 	# Node resolves openrouter.ai itself: a private /etc/hosts gives it any
 	# address; the capture takes the connection wherever it goes.
 	echo "203.0.113.9 openrouter.ai" >"$T/hosts"
@@ -126,7 +104,7 @@ PY
 
 @test "200 parallel requests at the cap: spend stays within one reservation, the rest is 429" {
 	export MAX_COST_USD=0.01 BUDGET_RESERVE_USD=0.001
-	start
+	egd_start_proxy
 	# One curl per request, all at once. A connection that fails before the
 	# request was sent (connect or TLS handshake error: curl exit 7 or 35) is
 	# retried, at most twice: nothing reached the proxy's ledger. A failure
@@ -182,7 +160,7 @@ PY
 }
 
 @test "a restart mid-run continues the ledger and keeps the same CA" {
-	start
+	egd_start_proxy
 	for _ in 1 2 3; do
 		[ "$(status_of "$BODY")" = 200 ]
 	done
@@ -191,7 +169,7 @@ PY
 	kill -TERM "$DAEMON_PID"
 	wait "$DAEMON_PID" || true
 	wait_for 5 daemon_gone
-	start
+	egd_start_proxy
 	cmp "$T/ca.before" "$T/ca/ca.crt"
 	for _ in 1 2; do
 		[ "$(status_of "$BODY")" = 200 ]
@@ -207,7 +185,7 @@ PY
 }
 
 @test "kill -9 between two requests loses nothing recorded" {
-	start
+	egd_start_proxy
 	for _ in 1 2 3 4; do
 		[ "$(status_of "$BODY")" = 200 ]
 	done
@@ -226,7 +204,7 @@ PY
 	# No temporary file left where the usage file is rewritten.
 	[ "$(ls "$T/data")" = "$(printf 'proxy_inferences.jsonl\nproxy_usage.json')" ]
 	# And a new daemon picks the ledger up.
-	start
+	egd_start_proxy
 	[ "$(status_of "$BODY")" = 200 ]
 	usage_is 'u["requests"] == 5'
 }

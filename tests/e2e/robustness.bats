@@ -119,3 +119,21 @@ teardown() {
 	run "$EGRESSD" status --pin "$PIN"
 	[ "$status" -ne 0 ]
 }
+
+@test "exec runs the command captured, with the daemon's CA trusted, and cleans up" {
+	skip_unless_capable
+	egd_setup_net
+	egd_setup_cgroups
+	egd_start_servers
+	run nsenter --net="/run/netns/$NS_A" env EGRESSD_PIN_DIR="$PIN" \
+		EGRESSD_SENTINEL="$T/sentinel" EGRESSD_RESOLVERS=$SRV4 "$EGRESSD" exec -- sh -c \
+		"echo \"trust \$SSL_CERT_FILE \$NODE_EXTRA_CA_CERTS\"; cat /proc/self/cgroup;
+		 curl -sS -m 5 -k --resolve example.com:443:$SRV4 https://example.com/; echo rc=\$?"
+	[[ "$output" == *"trust $T/ca/ca-bundle.crt $T/ca/ca.crt"* ]]
+	[[ "$output" == *"0::/egressd-exec-"* ]]
+	[[ "$output" == *"rc=35"* ]] # refused: the command was captured
+	[ "$status" -eq 0 ]
+	# Its cgroup and its pins are gone.
+	! ls -d "$CG_ROOT"/egressd-exec-* 2>/dev/null
+	[ ! -e "$PIN" ]
+}

@@ -54,7 +54,7 @@ static void test_intercept_host_follows_upstream_base_url(void **state)
 
 	(void)state;
 	clear_env();
-	setenv("UPSTREAM_BASE_URL", "https://llm.example.org:8443/api", 1);
+	setenv("UPSTREAM_BASE_URL", "https://llm.example.org:8443", 1);
 	assert_int_equal(egd_config_load(&c, 0, NULL), 0);
 	assert_string_equal(c.policy.intercept.pat[0], "llm.example.org");
 	setenv("EGRESSD_INTERCEPT_HOSTS", "a.example, b.example", 1);
@@ -88,6 +88,8 @@ static void test_bad_values_are_refused(void **state)
 		{ "EGRESSD_LISTEN", "127.0.0.1:70000" }, { "EGRESSD_ADMIN_LISTEN", "nowhere" },
 		{ "EGRESSD_PHASE", "open" },	    { "EGRESSD_AGENT_ALLOW", "bad host!" },
 		{ "EGRESSD_MODE", "magic" },	    { "UPSTREAM_BASE_URL", "https://" },
+		/* The proxy ignores a path; both readers of the URL refuse it. */
+		{ "UPSTREAM_BASE_URL", "https://llm.example.org/api/v1" },
 	};
 	struct egd_config_run c;
 

@@ -10,6 +10,7 @@
 #include <errno.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 
 enum opt_type { OPT_PORT, OPT_HOSTPORT, OPT_HOSTPORT_OFF, OPT_PATH, OPT_PHASE, OPT_HOSTLIST,
 		OPT_URL_HOSTLIST, OPT_UINT, OPT_MODE, OPT_LOGLEVEL };
@@ -158,16 +159,45 @@ int egd_resolvers_from_file(const char *path, struct egd_addr *out, int max)
 	return n;
 }
 
-static int url_host(const char *url, char *host, size_t len)
+/* "http(s)://host[:port][/]": the proxy forwards to fixed API paths, so a
+ * path prefix would be silently ignored; refuse it instead. The one parser
+ * of UPSTREAM_BASE_URL, for the intercept host and the proxy alike. */
+int egd_parse_base_url(const char *url, char *host, size_t len, uint16_t *port, int *tls)
 {
-	const char *p = strstr(url, "://");
-	size_t n;
+	const char *h, *e, *colon;
+	unsigned long p;
 
-	p = p ? p + 3 : url;
-	n = strcspn(p, ":/?#");
-	if (n == 0 || n >= len)
+	if (!strncasecmp(url, "https://", 8)) {
+		*tls = 1;
+		h = url + 8;
+	} else if (!strncasecmp(url, "http://", 7)) {
+		*tls = 0;
+		h = url + 7;
+	} else {
 		return -EINVAL;
-	snprintf(host, len, "%.*s", (int)n, p);
+	}
+	e = h + strcspn(h, "/");
+	if (*e && strcmp(e, "/"))
+		return -EINVAL;
+	colon = memchr(h, ':', (size_t)(e - h));
+	if (colon) {
+		char *pe;
+
+		p = strtoul(colon + 1, &pe, 10);
+		if (pe != e || colon + 1 == e || !p || p > 65535)
+			return -EINVAL;
+	} else {
+		p = *tls ? 443 : 80;
+		colon = e;
+	}
+	if (colon == h || (size_t)(colon - h) >= len)
+		return -EINVAL;
+	for (const char *c = h; c < colon; c++)
+		if (!isalnum((unsigned char)*c) && *c != '-' && *c != '.')
+			return -EINVAL;
+	memcpy(host, h, (size_t)(colon - h));
+	host[colon - h] = '\0';
+	*port = (uint16_t)p;
 	return 0;
 }
 
@@ -227,8 +257,10 @@ static int apply(struct egd_config_run *cfg, const struct opt *o, const char *v)
 		return 0;
 	case OPT_URL_HOSTLIST: {
 		char host[EGD_HOST_MAX];
+		uint16_t port;
+		int tls;
 
-		if (url_host(v, host, sizeof(host)))
+		if (egd_parse_base_url(v, host, sizeof(host), &port, &tls))
 			return -EINVAL;
 		return egd_hostlist_parse(field, host, bad, sizeof(bad));
 	}

@@ -63,6 +63,9 @@ void egd_config_usage(FILE *out);
 /* Parse "ADDR:PORT", "[V6]:PORT" or "PORT" (127.0.0.1). 0 or -EINVAL. */
 int egd_parse_hostport(const char *s, struct egd_addr *out);
 
+/* Parse UPSTREAM_BASE_URL ("http(s)://host[:port]", no path). 0 or -EINVAL. */
+int egd_parse_base_url(const char *url, char *host, size_t len, uint16_t *port, int *tls);
+
 /* Parse a comma list of IP addresses into @out (at most @max). Returns the
  * count, or -EINVAL. */
 int egd_parse_ip_list(const char *s, struct egd_addr *out, int max);

@@ -5,6 +5,7 @@
  * reference proxy.
  */
 #include "proxy/proxy_config.h"
+#include "core/config.h"
 
 #include <ctype.h>
 #include <errno.h>
@@ -127,49 +128,22 @@ static int dup_opt(const char *v, char **out)
 	return *out ? 0 : -ENOMEM;
 }
 
-/* "https://host[:port][/]": the proxy forwards to fixed API paths, so a
- * path prefix would be silently ignored; refuse it instead. */
 static int parse_base_url(struct egd_proxy_config *cfg, const char *url, char *err, size_t errlen)
 {
-	const char *h, *e, *colon;
-	unsigned long port;
+	char host[256];
+	uint16_t port;
+	int tls;
 
-	if (!strncasecmp(url, "https://", 8)) {
-		cfg->upstream_tls = 1;
-		h = url + 8;
-	} else if (!strncasecmp(url, "http://", 7)) {
-		cfg->upstream_tls = 0;
-		h = url + 7;
-	} else {
-		goto bad;
+	if (egd_parse_base_url(url, host, sizeof(host), &port, &tls)) {
+		snprintf(err, errlen, "UPSTREAM_BASE_URL=%s: expected http(s)://host[:port]", url);
+		return -EINVAL;
 	}
-	e = h + strcspn(h, "/");
-	if (*e && strcmp(e, "/"))
-		goto bad;
-	colon = memchr(h, ':', (size_t)(e - h));
-	if (colon) {
-		char *pe;
-
-		port = strtoul(colon + 1, &pe, 10);
-		if (pe != e || colon + 1 == e || !port || port > 65535)
-			goto bad;
-	} else {
-		port = cfg->upstream_tls ? 443 : 80;
-		colon = e;
-	}
-	if (colon == h)
-		goto bad;
-	for (const char *c = h; c < colon; c++)
-		if (!isalnum((unsigned char)*c) && *c != '-' && *c != '.')
-			goto bad;
-	cfg->upstream_host = strndup(h, (size_t)(colon - h));
+	cfg->upstream_tls = tls;
+	cfg->upstream_host = strdup(host);
 	if (!cfg->upstream_host)
 		return -ENOMEM;
-	cfg->upstream_port = (unsigned short)port;
+	cfg->upstream_port = port;
 	return 0;
-bad:
-	snprintf(err, errlen, "UPSTREAM_BASE_URL=%s: expected http(s)://host[:port]", url);
-	return -EINVAL;
 }
 
 int egd_proxy_config_load(struct egd_proxy_config *cfg, egd_getenv_fn fn, void *ctx, char *err,
