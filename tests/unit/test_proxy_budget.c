@@ -421,21 +421,67 @@ static void test_inference_line_has_reference_fields(void **state)
 	free(line);
 }
 
-static void test_inference_append_adds_lines(void **state)
+struct writer_arg {
+	struct egd_budget *b;
+	int n;
+};
+
+static void *settle_and_log(void *arg)
 {
-	char *dir = make_tmpdir(), path[512], buf[256];
+	struct writer_arg *w = arg;
+	struct egd_inference rec = { .endpoint = "/api/v1/chat/completions",
+				     .model = "a/b",
+				     .status_code = 200 };
+	double r;
+
+	for (int i = 0; i < w->n; i++) {
+		if (egd_budget_admit(w->b, &r))
+			abort();
+		egd_budget_settle(w->b, r, "a/b", 0.001, 1, 2);
+		if (egd_budget_queue_inference(w->b, &rec))
+			abort();
+		egd_budget_mark_dirty(w->b);
+	}
+	return NULL;
+}
+
+/* Two threads book and log at once: every line is whole, and the usage
+ * file left in place is the newest state, before any flush. */
+static void test_group_commit_from_two_threads(void **state)
+{
+	char *dir = make_tmpdir(), path[512], buf[1024], err[256];
+	struct egd_budget *b = egd_budget_new(100.0, 0.01, "run", dir);
+	struct writer_arg w = { b, 200 };
+	pthread_t t1, t2;
+	json_t *u;
 	FILE *f;
 	int lines = 0;
 
 	(void)state;
+	assert_int_equal(pthread_create(&t1, NULL, settle_and_log, &w), 0);
+	assert_int_equal(pthread_create(&t2, NULL, settle_and_log, &w), 0);
+	pthread_join(t1, NULL);
+	pthread_join(t2, NULL);
+	snprintf(path, sizeof(path), "%s/%s", dir, EGD_USAGE_FILE_NAME);
+	assert_int_equal(egd_usage_file_read(path, &u, err, sizeof(err)), 0);
+	assert_int_equal(json_integer_value(json_object_get(u, "requests")), 400);
+	json_decref(u);
 	snprintf(path, sizeof(path), "%s/%s", dir, EGD_INFERENCES_FILE_NAME);
-	assert_int_equal(egd_inference_append(path, "{\"a\":1}\n"), 0);
-	assert_int_equal(egd_inference_append(path, "{\"a\":2}\n"), 0);
 	f = fopen(path, "r");
-	while (fgets(buf, sizeof(buf), f))
+	assert_non_null(f);
+	while (fgets(buf, sizeof(buf), f)) {
+		json_t *o = json_loads(buf, 0, NULL);
+
+		assert_non_null(o);
+		json_decref(o);
 		lines++;
+	}
 	fclose(f);
-	assert_int_equal(lines, 2);
+	assert_int_equal(lines, 400);
+	assert_int_equal(egd_budget_flush(b), 0);
+	/* No temp file is left beside the usage file. */
+	assert_int_equal(count_entries(dir), 2);
+	egd_budget_destroy(b);
 	rm_tmpdir(dir);
 }
 
@@ -457,7 +503,7 @@ int main(void)
 		cmocka_unit_test(test_missing_usage_file_is_fresh_run),
 		cmocka_unit_test(test_corrupt_usage_file_is_an_error),
 		cmocka_unit_test(test_inference_line_has_reference_fields),
-		cmocka_unit_test(test_inference_append_adds_lines),
+		cmocka_unit_test(test_group_commit_from_two_threads),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);

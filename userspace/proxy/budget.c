@@ -191,11 +191,27 @@ int egd_ledger_restore(struct egd_ledger *l, const json_t *usage, char *err, siz
 struct egd_budget {
 	pthread_mutex_t mu;
 	struct egd_ledger l;
+	uint64_t version; /* bumped by every change the usage file shows */
 	char *run_id;
 	char *usage_path;      /* NULL without a data dir */
 	char *inferences_path; /* NULL without a data dir */
-	/* Group commit: written since the last fsync (egd_budget_flush()). */
-	int dirty;
+	int inferences_fd;     /* O_APPEND, opened on first use; -1 */
+
+	/* Usage file writers from several threads: the newest snapshot must
+	 * be the one left in place. */
+	pthread_mutex_t file_mu;
+	uint64_t written_version; /* under file_mu */
+
+	/* Group commit: the syncer thread fsyncs, in one go, whatever was
+	 * written since its last round (under mu). */
+	pthread_t syncer;
+	int syncer_started;
+	pthread_cond_t work_cv; /* the syncer waits for work */
+	pthread_cond_t done_cv; /* egd_budget_flush() waits for a round */
+	int dirty_usage, dirty_inferences;
+	int syncing; /* a round is in progress */
+	int stop;
+	int sync_err; /* the last round's error, logged once */
 };
 
 static char *join_path(const char *dir, const char *name)
@@ -225,7 +241,11 @@ struct egd_budget *egd_budget_new(double cap_usd, double reserve_usd, const char
 		if (!b->usage_path || !b->inferences_path)
 			goto err_paths;
 	}
+	b->inferences_fd = -1;
 	pthread_mutex_init(&b->mu, NULL);
+	pthread_mutex_init(&b->file_mu, NULL);
+	pthread_cond_init(&b->work_cv, NULL);
+	pthread_cond_init(&b->done_cv, NULL);
 	return b;
 
 err_paths:
@@ -246,6 +266,18 @@ void egd_budget_destroy(struct egd_budget *b)
 		return;
 	if (egd_budget_flush(b))
 		egd_warn("budget: the last usage records could not be written");
+	if (b->syncer_started) {
+		pthread_mutex_lock(&b->mu);
+		b->stop = 1;
+		pthread_cond_signal(&b->work_cv);
+		pthread_mutex_unlock(&b->mu);
+		pthread_join(b->syncer, NULL);
+	}
+	if (b->inferences_fd >= 0)
+		close(b->inferences_fd);
+	pthread_cond_destroy(&b->work_cv);
+	pthread_cond_destroy(&b->done_cv);
+	pthread_mutex_destroy(&b->file_mu);
 	pthread_mutex_destroy(&b->mu);
 	egd_ledger_fini(&b->l);
 	free(b->run_id);
@@ -279,6 +311,7 @@ int egd_budget_settle(struct egd_budget *b, double reservation_usd, const char *
 	pthread_mutex_lock(&b->mu);
 	over = egd_ledger_settle(&b->l, reservation_usd, model, cost_usd, prompt_tokens,
 				 completion_tokens);
+	b->version++;
 	pthread_mutex_unlock(&b->mu);
 	return over;
 }
@@ -365,6 +398,7 @@ int egd_budget_load(struct egd_budget *b, char *err, size_t errlen)
 		return ret;
 	pthread_mutex_lock(&b->mu);
 	ret = egd_ledger_restore(&b->l, o, why, sizeof(why));
+	b->version++;
 	pthread_mutex_unlock(&b->mu);
 	json_decref(o);
 	if (ret)
@@ -438,91 +472,140 @@ char *egd_inference_line(const struct egd_inference *r)
 	return line;
 }
 
-int egd_inference_append(const char *path, const char *line)
-{
-	int fd = open(path, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0644);
-	int err;
+/* ---- group commit -------------------------------------------------------- */
 
-	if (fd < 0)
-		return -errno;
-	/* One write on O_APPEND: concurrent writers never interleave lines. */
-	err = egd_write_all(fd, line, strlen(line));
-	if (!err && fsync(fd))
-		err = -errno;
-	close(fd);
-	return err;
+/* The syncer: one fsync per file for everything written since its last
+ * round, so N requests finishing during one fsync share the next. */
+static void *syncer_main(void *arg)
+{
+	struct egd_budget *b = arg;
+
+	pthread_mutex_lock(&b->mu);
+	for (;;) {
+		int usage, inferences, err = 0;
+
+		while (!b->stop && !b->dirty_usage && !b->dirty_inferences)
+			pthread_cond_wait(&b->work_cv, &b->mu);
+		usage = b->dirty_usage;
+		inferences = b->dirty_inferences;
+		if (!usage && !inferences)
+			break; /* stopping, nothing left */
+		b->dirty_usage = b->dirty_inferences = 0;
+		b->syncing = 1;
+		pthread_mutex_unlock(&b->mu);
+		if (inferences && b->inferences_fd >= 0 && fdatasync(b->inferences_fd))
+			err = -errno;
+		if (usage) {
+			int e = egd_fsync_path(b->usage_path);
+
+			err = err ? err : e;
+		}
+		pthread_mutex_lock(&b->mu);
+		b->syncing = 0;
+		if (err && err != b->sync_err)
+			egd_warn("budget: cannot sync the usage files in %s: %s",
+				 b->usage_path, strerror(-err));
+		b->sync_err = err;
+		pthread_cond_broadcast(&b->done_cv);
+	}
+	pthread_mutex_unlock(&b->mu);
+	return NULL;
+}
+
+/* Under mu: the files changed; start the syncer on first use. */
+static void dirty_locked(struct egd_budget *b, int usage, int inferences)
+{
+	b->dirty_usage |= usage;
+	b->dirty_inferences |= inferences;
+	if (!b->syncer_started && !b->stop) {
+		if (pthread_create(&b->syncer, NULL, syncer_main, b) == 0)
+			b->syncer_started = 1;
+		else
+			egd_warn("budget: no syncer thread; files are synced at exit only");
+	}
+	/* A syncer mid-round looks again before it sleeps. */
+	if (!b->syncing)
+		pthread_cond_signal(&b->work_cv);
 }
 
 int egd_budget_queue_inference(struct egd_budget *b, const struct egd_inference *r)
 {
 	char *line;
-	int fd, err = 0;
+	int err = 0;
 
 	if (!b->inferences_path)
 		return 0;
 	line = egd_inference_line(r);
 	if (!line)
 		return -errno;
-	/* Written now, before the answer leaves, so a killed daemon has it;
-	 * made durable against a crash of the machine by the next flush. */
-	fd = open(b->inferences_path, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0644);
-	if (fd < 0) {
+	/* One write on O_APPEND: lines from several threads never
+	 * interleave. Written now, before the answer leaves, so a killed
+	 * daemon has it; the syncer makes it durable against a crash of the
+	 * machine. */
+	pthread_mutex_lock(&b->mu);
+	if (b->inferences_fd < 0)
+		b->inferences_fd = open(b->inferences_path,
+					O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0644);
+	if (b->inferences_fd < 0)
 		err = -errno;
-	} else {
-		err = egd_write_all(fd, line, strlen(line));
-		close(fd);
-	}
+	pthread_mutex_unlock(&b->mu);
+	if (!err)
+		err = egd_write_all(b->inferences_fd, line, strlen(line));
 	free(line);
 	pthread_mutex_lock(&b->mu);
-	b->dirty = 1;
+	dirty_locked(b, 0, 1);
 	pthread_mutex_unlock(&b->mu);
 	return err;
 }
 
 void egd_budget_mark_dirty(struct egd_budget *b)
 {
-	char *s;
+	uint64_t version;
+	char *s = NULL;
+	int err = 0;
 
 	if (!b->usage_path)
 		return;
-	s = egd_budget_usage_dump(b);
-	if (!s || egd_write_file_atomic_sync(b->usage_path, s, strlen(s), 0644, 0))
-		egd_warn("budget: cannot write %s", b->usage_path);
-	free(s);
+	pthread_mutex_lock(&b->file_mu);
 	pthread_mutex_lock(&b->mu);
-	b->dirty = 1;
+	version = b->version;
+	/* Another thread already wrote this state, or a newer one. */
+	if (version != b->written_version) {
+		json_t *o = egd_ledger_usage_json(&b->l, b->run_id);
+
+		s = o ? egd_json_dumps(o) : NULL;
+		json_decref(o);
+		if (!s)
+			err = -ENOMEM;
+	}
+	pthread_mutex_unlock(&b->mu);
+	if (s)
+		err = egd_write_file_atomic_sync(b->usage_path, s, strlen(s), 0644, 0);
+	if (s && !err)
+		b->written_version = version;
+	pthread_mutex_unlock(&b->file_mu);
+	free(s);
+	if (err)
+		egd_warn("budget: cannot write %s: %s", b->usage_path, strerror(-err));
+	pthread_mutex_lock(&b->mu);
+	dirty_locked(b, 1, 0);
 	pthread_mutex_unlock(&b->mu);
 }
 
 int egd_budget_flush(struct egd_budget *b)
 {
-	int dirty, err = 0, err2 = 0;
-
-	pthread_mutex_lock(&b->mu);
-	dirty = b->dirty;
-	b->dirty = 0;
-	pthread_mutex_unlock(&b->mu);
-	if (!dirty)
-		return 0;
-	/* One fsync each for every request that finished since the last. */
-	if (b->inferences_path)
-		err = egd_fsync_path(b->inferences_path);
-	if (b->usage_path)
-		err2 = egd_fsync_path(b->usage_path);
-	return err ? err : err2;
-}
-
-int egd_budget_log_inference(struct egd_budget *b, const struct egd_inference *r)
-{
-	char *line;
 	int err;
 
-	if (!b->inferences_path)
+	pthread_mutex_lock(&b->mu);
+	if (!b->syncer_started) {
+		pthread_mutex_unlock(&b->mu);
 		return 0;
-	line = egd_inference_line(r);
-	if (!line)
-		return -errno;
-	err = egd_inference_append(b->inferences_path, line);
-	free(line);
+	}
+	/* Wait for a round that starts after everything written so far. */
+	pthread_cond_signal(&b->work_cv);
+	while (b->dirty_usage || b->dirty_inferences || b->syncing)
+		pthread_cond_wait(&b->done_cv, &b->mu);
+	err = b->sync_err;
+	pthread_mutex_unlock(&b->mu);
 	return err;
 }

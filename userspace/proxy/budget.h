@@ -130,22 +130,22 @@ struct egd_inference {
 
 /* One JSON line with the reference fields, "\n"-terminated, malloc'ed. */
 char *egd_inference_line(const struct egd_inference *r);
-/* Append @line with one write(2) on an O_APPEND descriptor, then fsync. */
-int egd_inference_append(const char *path, const char *line);
-/* The same into PROXY_DATA_DIR/proxy_inferences.jsonl (no-op without dir). */
-int egd_budget_log_inference(struct egd_budget *b, const struct egd_inference *r);
 
 /*
- * Group commit for a busy proxy. Each request's inference line is appended
- * and the usage file rewritten (temp file + rename) at once, before its
- * answer leaves, so a daemon killed at any point loses nothing it answered;
- * the fsyncs that guard against a crash of the machine are left to
- * egd_budget_flush(), run once per loop turn for every request finished in
- * it. destroy() flushes.
+ * Group commit for a busy proxy, from any thread. Each request's inference
+ * line is appended (one write on an O_APPEND descriptor kept open) and the
+ * usage file rewritten (temp file swapped in) at once, before its answer
+ * leaves, so a daemon killed at any point loses nothing it answered. The
+ * fsyncs that guard against a crash of the machine run on a syncer thread,
+ * one per file for every request written while the previous one ran; the
+ * event loops never wait for the disk. destroy() flushes.
  */
 int egd_budget_queue_inference(struct egd_budget *b, const struct egd_inference *r);
-/* Rewrite the usage file now, without fsync. */
+/* Rewrite the usage file now (newest state wins across threads), without
+ * fsync. */
 void egd_budget_mark_dirty(struct egd_budget *b);
+/* Wait until everything written so far is fsync'ed; the last round's
+ * error, or 0. */
 int egd_budget_flush(struct egd_budget *b);
 
 /* Python's datetime.now(timezone.utc).isoformat(): the reference format,

@@ -112,43 +112,7 @@ struct egd_proxy {
 	size_t ws_len;
 	struct pconn *ws_waiters;
 	struct egd_proxy_stats stats;
-	struct flusher *flusher;
 };
-
-/*
- * The usage files are written once per loop turn, for every request that
- * finished in it (see egd_budget_flush()). The deferred call outlives the
- * proxy if the proxy is destroyed first, so it holds this small object,
- * not the proxy.
- */
-struct flusher {
-	struct egd_proxy *p; /* NULL once the proxy is gone */
-	int queued;
-};
-
-static void flush_now(void *arg)
-{
-	struct flusher *f = arg;
-
-	if (!f->p) {
-		free(f);
-		return;
-	}
-	f->queued = 0;
-	if (egd_budget_flush(f->p->budget))
-		egd_warn("proxy: cannot write the usage files in %s", f->p->cfg->data_dir);
-}
-
-static void flush_soon(struct egd_proxy *p)
-{
-	if (p->flusher->queued)
-		return;
-	p->flusher->queued = 1;
-	if (egd_loop_defer(p->loop, flush_now, p->flusher)) {
-		p->flusher->queued = 0;
-		flush_now(p->flusher); /* no room to defer: write now */
-	}
-}
 
 static void conn_cb(struct egd_watch *w, uint32_t events);
 static void conn_close(struct pconn *c);
@@ -496,7 +460,6 @@ static void log_inference(struct pconn *c, int status, const struct egd_usage *u
 	r.error = error;
 	if (egd_budget_queue_inference(c->p->budget, &r))
 		egd_warn("proxy: cannot queue an inference line");
-	flush_soon(c->p);
 }
 
 /* The answer is queued: forget the request, read the next one. */
@@ -527,7 +490,6 @@ static int settle(struct pconn *c, const struct egd_usage *u, int status, double
 				 u->prompt_tokens, u->completion_tokens);
 	c->res.reserved = 0;
 	egd_budget_mark_dirty(c->p->budget);
-	flush_soon(c->p);
 	return over > 0;
 }
 
@@ -1189,10 +1151,7 @@ struct egd_proxy *egd_proxy_new(struct egd_loop *loop, const struct egd_proxy_co
 	p->ca = ca;
 	p->budget = egd_budget_new(cfg->max_cost_usd, cfg->budget_reserve_usd,
 				   cfg->evaluation_run_id, cfg->data_dir);
-	p->flusher = calloc(1, sizeof(*p->flusher));
-	if (p->flusher)
-		p->flusher->p = p;
-	if (!p->budget || !p->flusher) {
+	if (!p->budget) {
 		ret = -errno;
 		snprintf(err, errlen, "cannot create the budget: %s", strerror(-ret));
 		goto err_free;
@@ -1213,7 +1172,6 @@ struct egd_proxy *egd_proxy_new(struct egd_loop *loop, const struct egd_proxy_co
 
 err_free:
 	egd_budget_destroy(p->budget);
-	free(p->flusher);
 	free(p);
 	errno = -ret;
 	return NULL;
@@ -1239,10 +1197,6 @@ void egd_proxy_destroy(struct egd_proxy *p)
 	free(p->ws_body);
 	egd_upstream_destroy(p->up);
 	egd_budget_destroy(p->budget); /* flushes what is still queued */
-	if (p->flusher->queued)
-		p->flusher->p = NULL; /* the deferred call frees it */
-	else
-		free(p->flusher);
 	free(p);
 }
 

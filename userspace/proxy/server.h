@@ -13,8 +13,9 @@
  * a time, so pipelining needs nothing more.
  *
  * Everything runs on the caller's event loop; nothing here blocks on the
- * network (the usage files are written synchronously: small, local, fsync'ed
- * on purpose so a kill -9 loses nothing recorded).
+ * network or waits for the disk: the usage files are written before each
+ * answer leaves (so a kill -9 loses nothing recorded) and fsync'ed in
+ * batches by the budget's syncer thread (see budget.h).
  */
 #ifndef EGD_PROXY_SERVER_H
 #define EGD_PROXY_SERVER_H
