@@ -205,7 +205,12 @@ static void test_server_ctx_cached_per_host(void **state)
 	assert_int_equal(X509_check_host(SSL_CTX_get0_certificate(a), "openrouter.ai", 0, 0, NULL),
 			 1);
 	assert_null(egd_ca_server_ctx(ca, ""));
+	SSL_CTX_free(a);
+	SSL_CTX_free(b);
+	/* The caller's reference outlives the cache. */
 	egd_ca_destroy(ca);
+	assert_non_null(SSL_CTX_get0_certificate(c));
+	SSL_CTX_free(c);
 	egd_ca_destroy(NULL);
 }
 

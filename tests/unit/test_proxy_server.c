@@ -204,6 +204,7 @@ struct t {
 	struct egd_proxy_config cfg;
 	struct egd_loop *loop;
 	struct egd_proxy *proxy;
+	struct egd_proxy_shared *sh;
 	int port;
 	/* The TLS handover: the test plays the daemon's accept and peek. */
 	struct egd_watch tls_listen;
@@ -291,7 +292,10 @@ static struct t *t_new(struct env env)
 	assert_int_equal(egd_proxy_config_load(&t->cfg, env_get, &t->env, err, sizeof(err)), 0);
 	t->loop = egd_loop_new();
 	assert_non_null(t->loop);
-	t->proxy = egd_proxy_new(t->loop, &t->cfg, g_ca, err, sizeof(err));
+	t->sh = egd_proxy_shared_new(&t->cfg, err, sizeof(err));
+	if (!t->sh)
+		fail_msg("egd_proxy_shared_new: %s", err);
+	t->proxy = egd_proxy_new(t->loop, t->sh, g_ca, err, sizeof(err));
 	if (!t->proxy)
 		fail_msg("egd_proxy_new: %s", err);
 	t->port = egd_proxy_listen(t->proxy, "127.0.0.1:0");
@@ -314,6 +318,7 @@ static void t_free(struct t *t)
 {
 	memcpy(t_last_resp, t->reqs[0].resp, sizeof(t_last_resp));
 	egd_proxy_destroy(t->proxy);
+	egd_proxy_shared_destroy(t->sh);
 	egd_loop_del(t->loop, &t->tls_listen);
 	close(t->tls_listen.fd);
 	egd_loop_del(t->loop, &t->done);
@@ -691,7 +696,7 @@ static void test_upstream_failures_mapped(void **state)
 	assert_int_equal(status_of(t->reqs[2].resp), 504);
 	assert_non_null(strstr(t->reqs[2].resp, "{\"detail\""));
 	{
-		char *m = egd_proxy_metrics(t->proxy);
+		char *m = egd_proxy_metrics(&t->proxy, 1);
 
 		assert_non_null(m);
 		assert_non_null(strstr(m, "egressd_proxy_requests_total{code=\"500\"} 1\n"));

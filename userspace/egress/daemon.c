@@ -445,6 +445,19 @@ static int start_workers(struct egd_daemon *d)
 	return 0;
 }
 
+static int start_intercept(struct egd_daemon *d)
+{
+	struct egd_loop **loops = calloc(d->n_workers, sizeof(*loops));
+
+	if (!loops)
+		return -ENOMEM;
+	for (unsigned int i = 0; i < d->n_workers; i++)
+		loops[i] = d->workers[i].loop;
+	d->intercept = egd_intercept_new(loops, d->n_workers);
+	free(loops);
+	return d->intercept ? 0 : -errno;
+}
+
 /* Threads start once the phase is known, so no worker decides without it. */
 static int run_worker_threads(struct egd_daemon *d)
 {
@@ -495,10 +508,10 @@ int egd_daemon_run(const struct egd_config_run *cfg)
 	}
 	if (d->capture == EGD_CAPTURE_NFT && nft_watch(d))
 		goto out;
-	/* The proxy lives on worker 0's loop, so there is one budget ledger.
-	 * It starts once capture is in place: a daemon that cannot enforce
-	 * exits before it writes a CA. */
-	if (!cfg->intercept_upstream.family && !(d->intercept = egd_intercept_new(d->loop)))
+	/* One proxy per worker over one budget ledger. It starts once capture
+	 * is in place: a daemon that cannot enforce exits before it writes a
+	 * CA. */
+	if (!cfg->intercept_upstream.family && start_intercept(d))
 		goto out;
 	if (run_worker_threads(d))
 		goto out;
@@ -518,6 +531,9 @@ out:
 			if (d->workers[i].started)
 				pthread_join(d->workers[i].thread, NULL);
 		egd_audit_flush();
+		/* The proxies' connections live on the workers' loops. */
+		egd_intercept_destroy(d->intercept);
+		d->intercept = NULL;
 		for (unsigned int i = 0; i < d->n_workers; i++)
 			worker_free(&d->workers[i]);
 	} else if (d->loop) {

@@ -88,7 +88,7 @@ struct egd_daemon {
 	int inotify_wd;
 	uint64_t phase_changes;
 
-	/* The embedded policy proxy, on worker 0; NULL when intercepted flows
+	/* The embedded policy proxy, one per worker; NULL when intercepted flows
 	 * go to EGRESSD_INTERCEPT_UPSTREAM instead. */
 	struct egd_intercept *intercept;
 	struct egd_worker *workers;

@@ -494,9 +494,9 @@ static void on_resolved(void *arg, const char *err, const struct egd_addr *addr)
 
 /*
  * The embedded proxy takes the client socket and the bytes sniffed from it;
- * the engine's part of the connection ends here. The socket leaves this
- * worker's epoll set first: it stays open, and the proxy watches it on
- * worker 0's loop.
+ * the engine's part of the connection ends here. The socket leaves the
+ * engine's watch first: it stays open, and this worker's proxy watches it
+ * on the same loop.
  */
 static void hand_off(struct egd_conn *c)
 {
@@ -504,7 +504,7 @@ static void hand_off(struct egd_conn *c)
 
 	egd_loop_del(c->wk->loop, &c->cw);
 	c->cw.fd = -1;
-	err = egd_intercept_handoff(c->d->intercept, fd, c->intent.sniff.proto,
+	err = egd_intercept_handoff(c->d->intercept, c->wk->id, fd, c->intent.sniff.proto,
 				    c->intent.sniff.host, c->buf, c->len);
 	if (err)
 		egd_warn("handing a connection to the policy proxy: %s", strerror(-err));

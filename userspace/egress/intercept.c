@@ -2,10 +2,10 @@
 /*
  * Intercepted connections into the embedded policy proxy; see intercept.h.
  *
- * The proxy and everything it owns (ledger, upstream pool, CA leaf cache)
- * are touched by worker 0's thread only. A handoff from that thread is
- * served at once; from another worker it is queued under a mutex and
- * worker 0 is woken through an eventfd, so the proxy itself needs no locks.
+ * One proxy per worker, each touched by its worker's thread only, so a
+ * handed-off connection stays on the thread that accepted it. What must be
+ * one per daemon (the budget ledger and its files, the workspace answer,
+ * the CA's leaf cache) is shared, under its own locks.
  */
 #include "egress/intercept.h"
 #include "core/log.h"
@@ -14,72 +14,17 @@
 #include "proxy/server.h"
 
 #include <errno.h>
-#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/epoll.h>
-#include <sys/eventfd.h>
-#include <unistd.h>
-
-struct handoff {
-	struct handoff *next;
-	int fd;
-	enum egd_proto proto;
-	char host[EGD_HOST_MAX];
-	size_t len;
-	uint8_t prefix[]; /* the bytes the engine already read */
-};
 
 struct egd_intercept {
-	struct egd_loop *loop;
-	pthread_t owner; /* the thread that runs @loop */
-	struct egd_watch wake;
 	struct egd_proxy_config cfg;
 	struct egd_ca *ca;
-	struct egd_proxy *proxy;
-
-	pthread_mutex_t lock;
-	struct handoff *head, **tail; /* FIFO, under @lock */
-	unsigned int queued;
+	struct egd_proxy_shared *sh;
+	unsigned int n;
+	struct egd_proxy *proxies[]; /* one per worker, by worker id */
 };
-
-static void serve(struct egd_intercept *ic, int fd, enum egd_proto proto, const char *host,
-		  const uint8_t *prefix, size_t len)
-{
-	int err;
-
-	if (proto == EGD_PROTO_TLS)
-		err = egd_proxy_serve_tls(ic->proxy, fd, host[0] ? host : NULL, prefix, len);
-	else
-		err = egd_proxy_serve_plain(ic->proxy, fd, prefix, len);
-	if (err)
-		egd_warn("policy proxy refused a connection: %s", strerror(-err));
-}
-
-/* Worker 0: take everything queued so far and serve it in arrival order. */
-static void on_wake(struct egd_watch *w, uint32_t events)
-{
-	struct egd_intercept *ic =
-		(struct egd_intercept *)((char *)w - offsetof(struct egd_intercept, wake));
-	struct handoff *h, *next;
-	uint64_t n;
-
-	(void)events;
-	if (read(w->fd, &n, sizeof(n)) < 0 && errno != EAGAIN)
-		egd_warn("intercept wakeup: %s", strerror(errno));
-	pthread_mutex_lock(&ic->lock);
-	h = ic->head;
-	ic->head = NULL;
-	ic->tail = &ic->head;
-	ic->queued = 0;
-	pthread_mutex_unlock(&ic->lock);
-	for (; h; h = next) {
-		next = h->next;
-		serve(ic, h->fd, h->proto, h->host, h->prefix, h->len);
-		free(h);
-	}
-}
 
 static int start_listener(struct egd_intercept *ic)
 {
@@ -90,7 +35,9 @@ static int start_listener(struct egd_intercept *ic)
 		addr = EGD_PROXY_HTTP_LISTEN_DEFAULT;
 	if (strcmp(addr, "off") == 0)
 		return 0;
-	port = egd_proxy_listen(ic->proxy, addr);
+	/* Its connections are few (agents given an explicit base URL):
+	 * worker 0's proxy serves them all. */
+	port = egd_proxy_listen(ic->proxies[0], addr);
 	if (port < 0) {
 		egd_err("EGRESSD_PROXY_HTTP_LISTEN=%s: %s%s", addr, strerror(-port),
 			port == -EADDRINUSE ? " (set EGRESSD_PROXY_HTTP_LISTEN, or off)" : "");
@@ -100,20 +47,17 @@ static int start_listener(struct egd_intercept *ic)
 	return 0;
 }
 
-struct egd_intercept *egd_intercept_new(struct egd_loop *loop)
+struct egd_intercept *egd_intercept_new(struct egd_loop *const *loops, unsigned int n)
 {
-	struct egd_intercept *ic = calloc(1, sizeof(*ic));
+	struct egd_intercept *ic = calloc(1, sizeof(*ic) + n * sizeof(ic->proxies[0]));
 	char err[EGD_CONFIG_ERR_MAX_BYTES];
 	int ret;
 
-	if (!ic)
+	if (!ic || !n) {
+		free(ic);
+		errno = ic ? EINVAL : ENOMEM;
 		return NULL;
-	ic->loop = loop;
-	ic->owner = pthread_self();
-	ic->wake.fd = -1;
-	ic->tail = &ic->head;
-	pthread_mutex_init(&ic->lock, NULL);
-
+	}
 	ret = egd_proxy_config_load(&ic->cfg, egd_proxy_getenv, NULL, err, sizeof(err));
 	if (ret) {
 		egd_err("policy proxy: %s", err);
@@ -133,30 +77,29 @@ struct egd_intercept *egd_intercept_new(struct egd_loop *loop)
 			strerror(-ret));
 		goto err_free;
 	}
-	ic->proxy = egd_proxy_new(loop, &ic->cfg, ic->ca, err, sizeof(err));
-	if (!ic->proxy) {
+	ic->sh = egd_proxy_shared_new(&ic->cfg, err, sizeof(err));
+	if (!ic->sh) {
 		ret = -errno;
 		egd_err("policy proxy: %s", err);
 		goto err_free;
 	}
+	for (unsigned int i = 0; i < n; i++) {
+		ic->proxies[i] = egd_proxy_new(loops[i], ic->sh, ic->ca, err, sizeof(err));
+		if (!ic->proxies[i]) {
+			ret = -errno;
+			egd_err("policy proxy: %s", err);
+			goto err_free;
+		}
+		ic->n = i + 1;
+	}
 	ret = start_listener(ic);
 	if (ret)
 		goto err_free;
-	ic->wake.fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
-	ic->wake.cb = on_wake;
-	if (ic->wake.fd < 0) {
-		ret = -errno;
-		goto err_log;
-	}
-	ret = egd_loop_add(loop, &ic->wake, EPOLLIN);
-	if (ret)
-		goto err_log;
-	egd_info("policy proxy: embedded, %s CA, data in %s",
-		 egd_ca_generated(ic->ca) ? "new" : "reused", ic->cfg.data_dir);
+	egd_info("policy proxy: embedded on %u worker%s, %s CA, data in %s", n,
+		 n == 1 ? "" : "s", egd_ca_generated(ic->ca) ? "new" : "reused",
+		 ic->cfg.data_dir);
 	return ic;
 
-err_log:
-	egd_err("policy proxy: handoff queue: %s", strerror(-ret));
 err_free:
 	egd_intercept_destroy(ic);
 	errno = -ret;
@@ -165,70 +108,31 @@ err_free:
 
 void egd_intercept_destroy(struct egd_intercept *ic)
 {
-	struct handoff *h, *next;
-
 	if (!ic)
 		return;
-	for (h = ic->head; h; h = next) {
-		next = h->next;
-		close(h->fd);
-		free(h);
-	}
-	if (ic->wake.fd >= 0) {
-		egd_loop_del(ic->loop, &ic->wake);
-		close(ic->wake.fd);
-	}
-	egd_proxy_destroy(ic->proxy);
+	for (unsigned int i = 0; i < ic->n; i++)
+		egd_proxy_destroy(ic->proxies[i]);
+	egd_proxy_shared_destroy(ic->sh);
 	egd_ca_destroy(ic->ca);
 	egd_proxy_config_free(&ic->cfg);
-	pthread_mutex_destroy(&ic->lock);
 	free(ic);
 }
 
-int egd_intercept_handoff(struct egd_intercept *ic, int fd, enum egd_proto proto,
-			  const char *host, const uint8_t *prefix, size_t prefix_len)
+int egd_intercept_handoff(struct egd_intercept *ic, unsigned int worker, int fd,
+			  enum egd_proto proto, const char *host, const uint8_t *prefix,
+			  size_t prefix_len)
 {
-	static const uint64_t one = 1;
-	struct handoff *h;
-	int err = -EAGAIN;
+	struct egd_proxy *p = ic->proxies[worker < ic->n ? worker : 0];
+	int err;
 
-	if (pthread_equal(pthread_self(), ic->owner)) {
-		serve(ic, fd, proto, host, prefix, prefix_len);
-		return 0;
-	}
-	h = malloc(sizeof(*h) + prefix_len);
-	if (!h) {
-		close(fd);
-		return -ENOMEM;
-	}
-	h->next = NULL;
-	h->fd = fd;
-	h->proto = proto;
-	snprintf(h->host, sizeof(h->host), "%s", host);
-	h->len = prefix_len;
-	memcpy(h->prefix, prefix, prefix_len);
-
-	pthread_mutex_lock(&ic->lock);
-	if (ic->queued < EGD_INTERCEPT_QUEUE_MAX) {
-		*ic->tail = h;
-		ic->tail = &h->next;
-		ic->queued++;
-		err = 0;
-	}
-	pthread_mutex_unlock(&ic->lock);
-	if (err) {
-		close(fd);
-		free(h);
-		return err;
-	}
-	/* A failed write leaves the entry queued for the next wakeup; the
-	 * counter cannot overflow at this queue length. */
-	if (write(ic->wake.fd, &one, sizeof(one)) < 0)
-		egd_warn("waking worker 0 for an intercepted connection: %s", strerror(errno));
-	return 0;
+	if (proto == EGD_PROTO_TLS)
+		err = egd_proxy_serve_tls(p, fd, host[0] ? host : NULL, prefix, prefix_len);
+	else
+		err = egd_proxy_serve_plain(p, fd, prefix, prefix_len);
+	return err;
 }
 
 char *egd_intercept_metrics(struct egd_intercept *ic)
 {
-	return egd_proxy_metrics(ic->proxy);
+	return egd_proxy_metrics(ic->proxies, ic->n);
 }

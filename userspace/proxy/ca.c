@@ -562,6 +562,10 @@ SSL_CTX *egd_ca_server_ctx(struct egd_ca *ca, const char *host)
 	ca->leaves[i].ctx = ctx;
 	ca->leaves[i].not_after = not_after;
 out:
+	/* The caller's reference: another thread may renew the leaf or start
+	 * the cache over before the caller has made its SSL. */
+	if (ctx)
+		SSL_CTX_up_ref(ctx);
 	pthread_mutex_unlock(&ca->lock);
 	return ctx;
 }

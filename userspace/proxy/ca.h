@@ -63,9 +63,9 @@ int egd_ca_generated(const struct egd_ca *ca);
 X509 *egd_ca_cert(const struct egd_ca *ca);
 
 /*
- * The server SSL_CTX for @host (borrowed, valid until egd_ca_destroy() or
- * until the cache starts over: take a reference with SSL_CTX_up_ref() or use
- * it at once with SSL_new()). NULL + errno (-EINVAL for an unusable name).
+ * The server SSL_CTX for @host, cached per host; a new reference the caller
+ * releases with SSL_CTX_free() (after SSL_new(), which takes its own).
+ * Callable from any thread. NULL + errno (-EINVAL for an unusable name).
  */
 SSL_CTX *egd_ca_server_ctx(struct egd_ca *ca, const char *host);
 

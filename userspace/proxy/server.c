@@ -16,6 +16,7 @@
 #include <fcntl.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -95,8 +96,18 @@ struct listener {
 	struct listener *next;
 };
 
+/* What the proxies of all workers share. */
+struct egd_proxy_shared {
+	const struct egd_proxy_config *cfg;
+	struct egd_budget *budget;
+	pthread_mutex_t mu;
+	struct egd_ws_cache ws; /* under mu */
+	int first_lookup;       /* under mu: the first proxy checks at start */
+};
+
 struct egd_proxy {
 	struct egd_loop *loop;
+	struct egd_proxy_shared *sh;
 	const struct egd_proxy_config *cfg;
 	struct egd_ca *ca;
 	struct egd_budget *budget;
@@ -104,13 +115,13 @@ struct egd_proxy {
 	struct pconn *conns;
 	size_t nconns;
 	struct listener *listeners;
-	/* The workspace privacy answer and the lookup refreshing it. */
-	struct egd_ws_cache ws;
+	/* This worker's lookup refreshing the shared workspace answer. */
 	struct egd_upstream_req *ws_req;
 	int ws_status;
 	char *ws_body;
 	size_t ws_len;
 	struct pconn *ws_waiters;
+	/* Written by this proxy's thread only; read with relaxed loads. */
 	struct egd_proxy_stats stats;
 };
 
@@ -374,7 +385,7 @@ static void conn_close(struct pconn *c)
 		p->conns = c->next;
 	if (c->next)
 		c->next->prev = c->prev;
-	p->nconns--;
+	__atomic_store_n(&p->nconns, p->nconns - 1, __ATOMIC_RELAXED);
 	if (egd_loop_defer(p->loop, conn_free, c))
 		egd_warn("proxy: cannot defer a free; leaking one connection");
 }
@@ -434,7 +445,7 @@ static int conn_register(struct pconn *c)
 	if (p->conns)
 		p->conns->prev = c;
 	p->conns = c;
-	p->nconns++;
+	__atomic_store_n(&p->nconns, p->nconns + 1, __ATOMIC_RELAXED);
 	conn_arm_idle(c);
 	return 0;
 }
@@ -716,7 +727,9 @@ static void handle_request(struct pconn *c)
 	plen = strcspn(m->target, "?");
 	snprintf(c->endpoint, sizeof(c->endpoint), "%.*s", (int)plen, m->target);
 	egd_timer_cancel(p->loop, &c->timer);
-	ws = egd_ws_cache_get(&p->ws, p->cfg->workspace_ttl_s, (int64_t)egd_now_ms());
+	pthread_mutex_lock(&p->sh->mu);
+	ws = egd_ws_cache_get(&p->sh->ws, p->cfg->workspace_ttl_s, (int64_t)egd_now_ms());
+	pthread_mutex_unlock(&p->sh->mu);
 	if (egd_policy_eval(p->cfg, &req, ws, p->budget, &c->res)) {
 		egd_http_parser_reset(c->parser);
 		c->keep_alive = 0;
@@ -807,7 +820,9 @@ static void ws_resolved(struct egd_proxy *p, enum egd_ws_state state)
 {
 	struct pconn *c;
 
-	egd_ws_cache_put(&p->ws, state, (int64_t)egd_now_ms());
+	pthread_mutex_lock(&p->sh->mu);
+	egd_ws_cache_put(&p->sh->ws, state, (int64_t)egd_now_ms());
+	pthread_mutex_unlock(&p->sh->mu);
 	free(p->ws_body);
 	p->ws_body = NULL;
 	p->ws_len = 0;
@@ -992,13 +1007,15 @@ int egd_proxy_serve_tls(struct egd_proxy *p, int fd, const char *sni, const uint
 	}
 	c = conn_new(p, fd, NULL, 0, 1);
 	if (!c) {
+		SSL_CTX_free(ctx);
 		close(fd);
 		return -ENOMEM;
 	}
-	if (sni && !(c->sni = strdup(sni)))
-		goto err_free;
 	c->ssl = SSL_new(ctx);
+	SSL_CTX_free(ctx);
 	if (!c->ssl)
+		goto err_free;
+	if (sni && !(c->sni = strdup(sni)))
 		goto err_free;
 	/* OpenSSL reads the ClientHello the daemon already took off the
 	 * socket from memory, then the socket itself (prefix_drained()). */
@@ -1135,11 +1152,51 @@ err_close:
 	return err;
 }
 
-struct egd_proxy *egd_proxy_new(struct egd_loop *loop, const struct egd_proxy_config *cfg,
+struct egd_proxy_shared *egd_proxy_shared_new(const struct egd_proxy_config *cfg, char *err,
+					      size_t errlen)
+{
+	struct egd_proxy_shared *sh = calloc(1, sizeof(*sh));
+	int ret;
+
+	if (!sh) {
+		snprintf(err, errlen, "out of memory");
+		errno = ENOMEM;
+		return NULL;
+	}
+	sh->cfg = cfg;
+	pthread_mutex_init(&sh->mu, NULL);
+	sh->budget = egd_budget_new(cfg->max_cost_usd, cfg->budget_reserve_usd,
+				    cfg->evaluation_run_id, cfg->data_dir);
+	if (!sh->budget) {
+		ret = -errno;
+		snprintf(err, errlen, "cannot create the budget: %s", strerror(-ret));
+		goto err_free;
+	}
+	ret = egd_budget_load(sh->budget, err, errlen);
+	if (ret)
+		goto err_free;
+	return sh;
+
+err_free:
+	egd_proxy_shared_destroy(sh);
+	errno = -ret;
+	return NULL;
+}
+
+void egd_proxy_shared_destroy(struct egd_proxy_shared *sh)
+{
+	if (!sh)
+		return;
+	egd_budget_destroy(sh->budget); /* flushes what is still queued */
+	pthread_mutex_destroy(&sh->mu);
+	free(sh);
+}
+
+struct egd_proxy *egd_proxy_new(struct egd_loop *loop, struct egd_proxy_shared *sh,
 				struct egd_ca *ca, char *err, size_t errlen)
 {
 	struct egd_proxy *p = calloc(1, sizeof(*p));
-	int ret;
+	int first;
 
 	if (!p) {
 		snprintf(err, errlen, "out of memory");
@@ -1147,34 +1204,27 @@ struct egd_proxy *egd_proxy_new(struct egd_loop *loop, const struct egd_proxy_co
 		return NULL;
 	}
 	p->loop = loop;
-	p->cfg = cfg;
+	p->sh = sh;
+	p->cfg = sh->cfg;
 	p->ca = ca;
-	p->budget = egd_budget_new(cfg->max_cost_usd, cfg->budget_reserve_usd,
-				   cfg->evaluation_run_id, cfg->data_dir);
-	if (!p->budget) {
-		ret = -errno;
-		snprintf(err, errlen, "cannot create the budget: %s", strerror(-ret));
-		goto err_free;
-	}
-	ret = egd_budget_load(p->budget, err, errlen);
-	if (ret)
-		goto err_free;
-	p->up = egd_upstream_new(loop, cfg);
+	p->budget = sh->budget;
+	p->up = egd_upstream_new(loop, p->cfg);
 	if (!p->up) {
-		ret = -errno;
+		int ret = -errno;
+
 		snprintf(err, errlen, "cannot set up the upstream client: %s", strerror(-ret));
-		goto err_free;
+		free(p);
+		errno = -ret;
+		return NULL;
 	}
 	/* Checked once at start, so the first request rarely waits. */
-	if (egd_proxy_config_enforcing(cfg))
+	pthread_mutex_lock(&sh->mu);
+	first = !sh->first_lookup;
+	sh->first_lookup = 1;
+	pthread_mutex_unlock(&sh->mu);
+	if (first && egd_proxy_config_enforcing(p->cfg))
 		ws_lookup_start(p);
 	return p;
-
-err_free:
-	egd_budget_destroy(p->budget);
-	free(p);
-	errno = -ret;
-	return NULL;
 }
 
 void egd_proxy_destroy(struct egd_proxy *p)
@@ -1196,7 +1246,6 @@ void egd_proxy_destroy(struct egd_proxy *p)
 	egd_upstream_cancel(p->ws_req);
 	free(p->ws_body);
 	egd_upstream_destroy(p->up);
-	egd_budget_destroy(p->budget); /* flushes what is still queued */
 	free(p);
 }
 
@@ -1207,25 +1256,51 @@ struct egd_budget *egd_proxy_budget(struct egd_proxy *p)
 
 size_t egd_proxy_conn_count(const struct egd_proxy *p)
 {
-	return p->nconns;
+	return __atomic_load_n(&p->nconns, __ATOMIC_RELAXED);
 }
 
-void egd_proxy_stats(const struct egd_proxy *p, struct egd_proxy_stats *out)
+/* Relaxed loads: each counter has one writer, its proxy's thread; a scrape
+ * may be a few events behind, never torn. */
+static uint64_t load(const uint64_t *v)
 {
-	*out = p->stats;
+	return __atomic_load_n(v, __ATOMIC_RELAXED);
 }
 
-char *egd_proxy_metrics(struct egd_proxy *p)
+void egd_proxy_stats(struct egd_proxy *const *ps, size_t n, struct egd_proxy_stats *out)
 {
-	const struct egd_proxy_stats *s = &p->stats;
+	memset(out, 0, sizeof(*out));
+	for (size_t i = 0; i < n; i++) {
+		const struct egd_proxy_stats *s = &ps[i]->stats;
+
+		for (int k = 0; k < EGD_PROXY_STATUS_MAX; k++)
+			out->by_status[k] += load(&s->by_status[k]);
+		out->upstream_requests += load(&s->upstream_requests);
+		out->upstream_failures += load(&s->upstream_failures);
+		out->upstream_latency_ms_sum += load(&s->upstream_latency_ms_sum);
+		out->upstream_latency_count += load(&s->upstream_latency_count);
+		out->workspace_lookups += load(&s->workspace_lookups);
+	}
+}
+
+char *egd_proxy_metrics(struct egd_proxy *const *ps, size_t n)
+{
+	struct egd_proxy_stats sum, *s = &sum;
 	struct egd_ledger snap;
 	char *buf = NULL;
-	size_t len = 0;
-	FILE *f = open_memstream(&buf, &len);
+	size_t len = 0, nconns = 0;
+	FILE *f;
 
+	if (!n) {
+		errno = EINVAL;
+		return NULL;
+	}
+	f = open_memstream(&buf, &len);
 	if (!f)
 		return NULL;
-	egd_budget_snapshot(p->budget, &snap);
+	egd_proxy_stats(ps, n, &sum);
+	for (size_t i = 0; i < n; i++)
+		nconns += egd_proxy_conn_count(ps[i]);
+	egd_budget_snapshot(ps[0]->budget, &snap);
 	fputs("# HELP egressd_proxy_requests_total Answers of the policy proxy by HTTP status.\n"
 	      "# TYPE egressd_proxy_requests_total counter\n",
 	      f);
@@ -1259,7 +1334,7 @@ char *egd_proxy_metrics(struct egd_proxy *p)
 		(unsigned long long)s->upstream_latency_count,
 		(unsigned long long)s->workspace_lookups, snap.spent_usd,
 		egd_ledger_remaining(&snap), snap.reserved_usd, (unsigned long long)snap.in_flight,
-		p->nconns);
+		nconns);
 	if (fclose(f)) {
 		free(buf);
 		errno = ENOMEM;

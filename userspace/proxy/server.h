@@ -43,14 +43,25 @@
 #define EGD_PROXY_LISTEN_BACKLOG 512
 
 struct egd_proxy;
+struct egd_proxy_shared;
 
 /*
- * A proxy on @loop with configuration @cfg (must outlive it) and @ca for
- * TLS (NULL: serve_tls is refused). Opens the budget (PROXY_DATA_DIR,
- * reading proxy_usage.json back) and starts the first workspace check.
- * NULL + errno, with a reason in @err.
+ * What the proxies of every worker share: the configuration @cfg (must
+ * outlive it), the one budget ledger (PROXY_DATA_DIR, proxy_usage.json read
+ * back) and the workspace answer. NULL + errno, with a reason in @err.
  */
-struct egd_proxy *egd_proxy_new(struct egd_loop *loop, const struct egd_proxy_config *cfg,
+struct egd_proxy_shared *egd_proxy_shared_new(const struct egd_proxy_config *cfg, char *err,
+					      size_t errlen);
+/* After every proxy on it is destroyed; flushes the usage files. */
+void egd_proxy_shared_destroy(struct egd_proxy_shared *sh);
+
+/*
+ * A proxy on @loop (one per worker thread; each proxy is touched by its
+ * loop's thread only) over @sh, with @ca for TLS (NULL: serve_tls is
+ * refused). The first proxy of @sh starts the workspace check. NULL +
+ * errno, with a reason in @err.
+ */
+struct egd_proxy *egd_proxy_new(struct egd_loop *loop, struct egd_proxy_shared *sh,
 				struct egd_ca *ca, char *err, size_t errlen);
 /* Closes every connection and the listeners; reservations in flight are
  * released. The loop must not be running it at the time. */
@@ -74,7 +85,7 @@ int egd_proxy_serve_plain(struct egd_proxy *p, int fd, const uint8_t *prefix, si
 
 /* The ledger, for metrics and tests (owned by the proxy). */
 struct egd_budget *egd_proxy_budget(struct egd_proxy *p);
-/* Connections open (tests, metrics). */
+/* Connections open (tests, metrics); callable from any thread. */
 size_t egd_proxy_conn_count(const struct egd_proxy *p);
 
 /* HTTP statuses are three digits. */
@@ -89,11 +100,13 @@ struct egd_proxy_stats {
 	uint64_t workspace_lookups;
 };
 
-/* A copy of the counters. */
-void egd_proxy_stats(const struct egd_proxy *p, struct egd_proxy_stats *out);
+/* The counters of the @n proxies @ps, summed; callable from any thread. */
+void egd_proxy_stats(struct egd_proxy *const *ps, size_t n, struct egd_proxy_stats *out);
 
-/* The counters, spend, remaining budget and reservations in the Prometheus
- * text format, for the admin listener's /metrics. Malloc'ed; NULL + errno. */
-char *egd_proxy_metrics(struct egd_proxy *p);
+/* The counters of the @n (> 0) proxies @ps (over one shared ledger), spend,
+ * remaining budget and reservations in the Prometheus text format, for the
+ * admin listener's /metrics; callable from any thread. Malloc'ed; NULL +
+ * errno. */
+char *egd_proxy_metrics(struct egd_proxy *const *ps, size_t n);
 
 #endif /* EGD_PROXY_SERVER_H */
