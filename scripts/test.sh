@@ -6,7 +6,7 @@
 # cgroups, so it needs root). Output ends with the bats summary.
 #
 # Settings: FUZZ_SECONDS (per target, default 10), SKIP_E2E=1, SKIP_FUZZ=1,
-# SKIP_ASAN=1, JOBS (default: number of CPUs).
+# SKIP_ASAN=1, SKIP_TSAN=1, JOBS (default: number of CPUs).
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
@@ -66,6 +66,24 @@ if [ "${SKIP_E2E:-0}" != 1 ]; then
 	# the suite runs once below.
 	echo "--- capture in nft mode"
 	EGD_E2E_MODE=nft bats --formatter tap --timing tests/e2e/capture.bats tests/e2e/tunnel.bats
+	if [ "${SKIP_TSAN:-0}" != 1 ]; then
+		# The proxy runs on every worker over one shared ledger: its
+		# suites once more with a ThreadSanitizer daemon, which must
+		# report nothing.
+		echo "--- policy proxy under ThreadSanitizer"
+		cmake -S . -B build-tsan -DCMAKE_BUILD_TYPE=Debug -DEGD_TSAN=ON >/dev/null
+		make -C build-tsan -j"$JOBS" --no-print-directory egressd test_proxy_budget
+		tsan_dir=$(mktemp -d)
+		TSAN_OPTIONS="log_path=$tsan_dir/report halt_on_error=0" build-tsan/test_proxy_budget
+		EGRESSD=$PWD/build-tsan/egressd TSAN_OPTIONS="log_path=$tsan_dir/report" \
+			bats --formatter tap tests/e2e/proxy.bats tests/e2e/proxy_clients.bats
+		if compgen -G "$tsan_dir/report*" >/dev/null; then
+			cat "$tsan_dir"/report* >&2
+			echo "ThreadSanitizer reported the above (kept in $tsan_dir)" >&2
+			exit 1
+		fi
+		rm -rf "$tsan_dir"
+	fi
 	echo "--- everything (BPF mode)"
 	# The pretty formatter ends with bats' own summary; strip its terminal
 	# control sequences so logs stay readable.

@@ -265,6 +265,16 @@ egd_setup_proxy() {
 	export OPENROUTER_EXPECTED_API_KEY_SHA256
 }
 
+# The capture port opens before the proxy has its CA and listener; /readyz
+# answers 200 only once everything is up.
+proxy_ready() {
+	[ "$(exempt curl -s -o /dev/null -w '%{http_code}' http://127.0.0.1:15000/readyz)" = 200 ]
+}
+
 egd_start_proxy() {
-	egd_start_daemon --admin-listen 127.0.0.1:15000 --workers 4 "$@"
+	egd_start_daemon --admin-listen 127.0.0.1:15000 --workers 4 "$@" || return 1
+	wait_for 30 proxy_ready || {
+		cat "$T/daemon.err" >&2
+		return 1
+	}
 }

@@ -209,7 +209,9 @@ struct egd_budget {
 	pthread_cond_t work_cv; /* the syncer waits for work */
 	pthread_cond_t done_cv; /* egd_budget_flush() waits for a round */
 	int dirty_usage, dirty_inferences;
-	int syncing; /* a round is in progress */
+	int syncing;  /* a round is in progress */
+	int idle;     /* the syncer sleeps until signalled */
+	int flushers; /* egd_budget_flush() callers waiting */
 	int stop;
 	int sync_err; /* the last round's error, logged once */
 };
@@ -479,13 +481,23 @@ char *egd_inference_line(const struct egd_inference *r)
 static void *syncer_main(void *arg)
 {
 	struct egd_budget *b = arg;
+	struct timespec next = { 0 };
 
 	pthread_mutex_lock(&b->mu);
 	for (;;) {
 		int usage, inferences, err = 0;
 
-		while (!b->stop && !b->dirty_usage && !b->dirty_inferences)
+		/* At most one round per interval, so a busy proxy on a fast
+		 * disk does not wake this thread for every request; a flush
+		 * or the end does not wait. */
+		while (!b->stop && !b->flushers &&
+		       pthread_cond_timedwait(&b->work_cv, &b->mu, &next) != ETIMEDOUT)
+			;
+		while (!b->stop && !b->dirty_usage && !b->dirty_inferences) {
+			b->idle = 1;
 			pthread_cond_wait(&b->work_cv, &b->mu);
+			b->idle = 0;
+		}
 		usage = b->dirty_usage;
 		inferences = b->dirty_inferences;
 		if (!usage && !inferences)
@@ -493,6 +505,12 @@ static void *syncer_main(void *arg)
 		b->dirty_usage = b->dirty_inferences = 0;
 		b->syncing = 1;
 		pthread_mutex_unlock(&b->mu);
+		clock_gettime(CLOCK_REALTIME, &next);
+		next.tv_nsec += EGD_BUDGET_SYNC_INTERVAL_MS * 1000000L;
+		if (next.tv_nsec >= 1000000000L) {
+			next.tv_sec++;
+			next.tv_nsec -= 1000000000L;
+		}
 		if (inferences && b->inferences_fd >= 0 && fdatasync(b->inferences_fd))
 			err = -errno;
 		if (usage) {
@@ -523,9 +541,11 @@ static void dirty_locked(struct egd_budget *b, int usage, int inferences)
 		else
 			egd_warn("budget: no syncer thread; files are synced at exit only");
 	}
-	/* A syncer mid-round looks again before it sleeps. */
-	if (!b->syncing)
+	/* A busy syncer looks again before it sleeps. */
+	if (b->idle) {
+		b->idle = 0;
 		pthread_cond_signal(&b->work_cv);
+	}
 }
 
 int egd_budget_queue_inference(struct egd_budget *b, const struct egd_inference *r)
@@ -602,9 +622,11 @@ int egd_budget_flush(struct egd_budget *b)
 		return 0;
 	}
 	/* Wait for a round that starts after everything written so far. */
+	b->flushers++;
 	pthread_cond_signal(&b->work_cv);
 	while (b->dirty_usage || b->dirty_inferences || b->syncing)
 		pthread_cond_wait(&b->done_cv, &b->mu);
+	b->flushers--;
 	err = b->sync_err;
 	pthread_mutex_unlock(&b->mu);
 	return err;

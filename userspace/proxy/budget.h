@@ -30,6 +30,10 @@
 /* The usage file is small; a bigger one is not ours. */
 #define EGD_USAGE_FILE_MAX_BYTES (16 * 1024 * 1024)
 
+/* The syncer's rounds start at most this often: the longest a record
+ * written by a busy proxy waits for its fsync, beyond the fsync itself. */
+#define EGD_BUDGET_SYNC_INTERVAL_MS 5
+
 #define EGD_USAGE_FILE_NAME "proxy_usage.json"
 #define EGD_INFERENCES_FILE_NAME "proxy_inferences.jsonl"
 
