@@ -10,6 +10,8 @@
 #include "datapath/cgroup.h"
 #include "datapath/nft.h"
 #include "egress/daemon.h"
+#include "proxy/ca.h"
+#include "proxy/proxy_config.h"
 
 #include <arpa/inet.h>
 #include <errno.h>
@@ -240,13 +242,39 @@ static int cmd_nft_remove(int argc, char **argv)
 	return 0;
 }
 
+/*
+ * The policy proxy's settings are read when the daemon starts it; check
+ * them with the daemon's own, so a bad flag stops `run` or `exec` before
+ * anything is attached. Not when an external proxy serves intercepted flows.
+ */
+static int check_proxy_settings(const struct egd_config_run *cfg)
+{
+	struct egd_proxy_config pc;
+	char err[EGD_CONFIG_ERR_MAX_BYTES];
+
+	if (cfg->intercept_upstream.family)
+		return 0;
+	if (egd_proxy_config_load(&pc, egd_proxy_getenv, NULL, err, sizeof(err))) {
+		egd_err("policy proxy: %s", err);
+		return -EINVAL;
+	}
+	egd_proxy_config_free(&pc);
+	return 0;
+}
+
 static int cmd_run(int argc, char **argv)
 {
 	struct egd_config_run cfg;
+	const char *http_listen;
 	FILE *audit;
 
-	if (egd_config_load(&cfg, argc, argv))
+	if (egd_config_load(&cfg, argc, argv) || check_proxy_settings(&cfg))
 		return 2;
+	/* The proxy's listener reads this one with getenv(); a flag must
+	 * reach it too. Set before any thread starts. */
+	http_listen = egd_config_get("EGRESSD_PROXY_HTTP_LISTEN");
+	if (http_listen && setenv("EGRESSD_PROXY_HTTP_LISTEN", http_listen, 1))
+		return 1;
 	egd_log_set_level(cfg.log_level);
 	if (cfg.audit_log[0]) {
 		audit = fopen(cfg.audit_log, "ae");
@@ -321,11 +349,11 @@ static int wait_ready(int fd, pid_t daemon)
  */
 static void trust_ca_for_child(void)
 {
-	const char *dir = getenv("EGRESSD_CA_DIR");
+	const char *dir = egd_config_get("EGRESSD_CA_DIR");
 	char bundle[PATH_MAX], ca[PATH_MAX];
 
-	if (!dir)
-		dir = "/var/run/egressd/ca";
+	if (!dir || !*dir)
+		dir = EGD_CA_DIR_DEFAULT;
 	snprintf(bundle, sizeof(bundle), "%s/ca-bundle.crt", dir);
 	snprintf(ca, sizeof(ca), "%s/ca.crt", dir);
 	if (access(bundle, R_OK) || access(ca, R_OK))
@@ -378,7 +406,7 @@ static int cmd_exec(int argc, char **argv)
 	if (!getenv("EGRESSD_PROXY_HTTP_LISTEN"))
 		setenv("EGRESSD_PROXY_HTTP_LISTEN", "off", 1);
 	/* Validate the daemon's settings here, where the user sees the error. */
-	if (egd_config_load(&check, run_argc, run_argv))
+	if (egd_config_load(&check, run_argc, run_argv) || check_proxy_settings(&check))
 		return 2;
 	egd_log_set_level(check.log_level);
 
@@ -400,7 +428,7 @@ static int cmd_exec(int argc, char **argv)
 		o.exempt = exempt;
 		o.n_exempt = 1;
 	}
-	n = resolvers_from_env(getenv("EGRESSD_RESOLVERS"), res, EGD_RESOLVERS_MAX_ENTRIES);
+	n = resolvers_from_env(egd_config_get("EGRESSD_RESOLVERS"), res, EGD_RESOLVERS_MAX_ENTRIES);
 	if (n < 0)
 		goto out_cgroup;
 	o.cgroup = cg;

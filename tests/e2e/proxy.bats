@@ -163,6 +163,36 @@ PY
 	[[ "$output" == *'enforcement is not configured'* ]]
 }
 
+@test "proxy settings given as flags win over the environment" {
+	# The environment says otherwise for each; the flags must be what counts.
+	export MAX_REQUEST_BYTES=10485760 EGRESSD_PROXY_HTTP_LISTEN=127.0.0.1:8080
+	unset OPENROUTER_MANAGEMENT_KEY
+	printf 'mgmt-test\n' >"$T/mgmt.key"
+	egd_start_proxy --max-request-bytes 100 --restricted-models anthropic/claude-sonnet-4 \
+		--proxy-http-listen 127.0.0.1:8090 --openrouter-management-key-file "$T/mgmt.key"
+	local big
+	big=$(head -c 200 /dev/zero | tr '\0' x)
+	run chat https://openrouter.ai/api/v1/chat/completions \
+		'{"model":"openai/gpt-4o","messages":[{"role":"user","content":"'"$big"'"}]}'
+	[ "${lines[-1]}" = 413 ]
+	# Under 100 bytes, and openai/gpt-4o is no longer the restricted one; a
+	# management key not read from its file would have meant 503.
+	run chat https://openrouter.ai/api/v1/chat/completions '{"model":"openai/gpt-4o","messages":[]}'
+	[ "${lines[-1]}" = 200 ]
+	run chat http://127.0.0.1:8090/api/v1/chat/completions \
+		'{"model":"anthropic/claude-sonnet-4","messages":[]}'
+	[ "${lines[-1]}" = 403 ]
+	[[ "$output" == *'Restricted model(s): anthropic/claude-sonnet-4'* ]]
+}
+
+@test "a bad proxy flag stops the daemon at start, naming the flag" {
+	run nsenter --net="/run/netns/$NS_A" \
+		"$EGRESSD" run --pin "$PIN" --sentinel "$T/sentinel" --admin-listen off \
+		--max-cost-usd lots
+	[ "$status" -eq 2 ]
+	[[ "$output" == *'bad value "lots" for MAX_COST_USD (--max-cost-usd, from the flag)'* ]]
+}
+
 @test "an unusable CA directory stops the daemon at start" {
 	# A file where the key directory should be: the CA cannot be opened.
 	: >"$T/cakey-file"

@@ -1,7 +1,8 @@
 /* SPDX-License-Identifier: MIT */
 /*
  * Settings: every bad value is refused with the variable named, flags win
- * over the environment, and the defaults are the documented ones.
+ * over the environment, and the defaults are the documented ones; the same
+ * for the policy proxy's settings, read through egd_proxy_getenv().
  */
 #include <arpa/inet.h>
 #include <errno.h>
@@ -17,6 +18,7 @@
 #include <cmocka.h>
 
 #include "core/config.h"
+#include "proxy/proxy_config.h"
 
 static void clear_env(void)
 {
@@ -24,7 +26,13 @@ static void clear_env(void)
 					    "EGRESSD_SENTINEL",	      "EGRESSD_PHASE",
 					    "UPSTREAM_BASE_URL",      "EGRESSD_INTERCEPT_HOSTS",
 					    "EGRESSD_AGENT_ALLOW",    "EGRESSD_FIRST_BYTE_MS",
-					    "EGRESSD_MAX_CONNS",      "EGRESSD_MODE" };
+					    "EGRESSD_MAX_CONNS",      "EGRESSD_MODE",
+					    "EGRESSD_RESOLVERS",      "MAX_REQUEST_BYTES",
+					    "MAX_COST_USD",	      "WORKSPACE_CHECK_TTL_S",
+					    "OPENROUTER_MANAGEMENT_KEY",
+					    "OPENROUTER_MANAGEMENT_KEY_FILE",
+					    "OPENROUTER_UPSTREAM_API_KEY",
+					    "EGRESSD_PROXY_HTTP_LISTEN" };
 
 	for (size_t i = 0; i < sizeof(vars) / sizeof(vars[0]); i++)
 		unsetenv(vars[i]);
@@ -152,6 +160,183 @@ static void test_resolv_conf_nameservers(void **state)
 	unlink(path);
 }
 
+/* ---- the policy proxy's settings --------------------------------------- */
+
+static int load_proxy(int argc, char **argv, struct egd_proxy_config *pc, char *err)
+{
+	struct egd_config_run c;
+
+	assert_int_equal(egd_config_load(&c, argc, argv), 0);
+	return egd_proxy_config_load(pc, egd_proxy_getenv, NULL, err, EGD_CONFIG_ERR_MAX_BYTES);
+}
+
+static void test_proxy_flag_wins_over_environment(void **state)
+{
+	char *argv[] = { "--max-request-bytes=200", "--upstream-base-url",
+			 "http://llm.example.org:8081", "--evaluation-run-id", "run-7" };
+	char err[EGD_CONFIG_ERR_MAX_BYTES];
+	struct egd_proxy_config pc;
+
+	(void)state;
+	clear_env();
+	setenv("MAX_REQUEST_BYTES", "100", 1);
+	setenv("UPSTREAM_BASE_URL", "https://openrouter.ai", 1);
+	setenv("MAX_COST_USD", "5", 1);
+	assert_int_equal(load_proxy(5, argv, &pc, err), 0);
+	assert_int_equal(pc.max_request_bytes, 200);
+	/* The daemon's --upstream-base-url is the proxy's upstream too. */
+	assert_string_equal(pc.upstream_host, "llm.example.org");
+	assert_int_equal(pc.upstream_port, 8081);
+	assert_string_equal(pc.evaluation_run_id, "run-7");
+	/* No flag: the environment, then the default. */
+	assert_true(pc.max_cost_usd == 5.0);
+	assert_int_equal(pc.workspace_ttl_s, 60);
+	egd_proxy_config_free(&pc);
+	/* A later load without the flag forgets it. */
+	assert_int_equal(load_proxy(0, NULL, &pc, err), 0);
+	assert_int_equal(pc.max_request_bytes, 100);
+	egd_proxy_config_free(&pc);
+	clear_env();
+}
+
+static void test_proxy_bad_flag_names_the_flag(void **state)
+{
+	static const char *const bad[][3] = {
+		{ "--max-request-bytes=lots", "--max-request-bytes", "MAX_REQUEST_BYTES" },
+		{ "--max-request-bytes=0", "--max-request-bytes", "MAX_REQUEST_BYTES" },
+		{ "--max-cost-usd=-1", "--max-cost-usd", "MAX_COST_USD" },
+		{ "--budget-reserve-usd=cheap", "--budget-reserve-usd", "BUDGET_RESERVE_USD" },
+		{ "--workspace-check-ttl-s=1m", "--workspace-check-ttl-s", "WORKSPACE_CHECK_TTL_S" },
+		{ "--upstream-timeout-s=0", "--upstream-timeout-s", "UPSTREAM_TIMEOUT_S" },
+		{ "--openrouter-expected-api-key-sha256=abc",
+		  "--openrouter-expected-api-key-sha256", "OPENROUTER_EXPECTED_API_KEY_SHA256" },
+		{ "--proxy-http-listen=nowhere", "--proxy-http-listen",
+		  "EGRESSD_PROXY_HTTP_LISTEN" },
+		{ "--proxy-http-listen=localhost:8080", "--proxy-http-listen",
+		  "EGRESSD_PROXY_HTTP_LISTEN" },
+		{ "--openrouter-management-key-file=/nonexistent/key",
+		  "--openrouter-management-key-file", "OPENROUTER_MANAGEMENT_KEY_FILE" },
+	};
+	char err[EGD_CONFIG_ERR_MAX_BYTES];
+	struct egd_proxy_config pc;
+
+	(void)state;
+	for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+		char *argv[] = { (char *)bad[i][0] };
+
+		clear_env();
+		print_message("%s\n", bad[i][0]);
+		assert_int_equal(load_proxy(1, argv, &pc, err), -EINVAL);
+		assert_non_null(strstr(err, bad[i][1]));
+		assert_non_null(strstr(err, bad[i][2]));
+		assert_non_null(strstr(err, "from the flag"));
+	}
+	/* The same value from the environment says so. */
+	clear_env();
+	setenv("MAX_REQUEST_BYTES", "lots", 1);
+	assert_int_equal(load_proxy(0, NULL, &pc, err), -EINVAL);
+	assert_non_null(strstr(err, "--max-request-bytes, from the environment"));
+	clear_env();
+}
+
+static void test_proxy_flag_typo_is_refused(void **state)
+{
+	char *typo[] = { "--max-request-byte=5" };
+	char *novalue[] = { "--openrouter-workspace-id" };
+	struct egd_config_run c;
+
+	(void)state;
+	clear_env();
+	assert_int_equal(egd_config_load(&c, 1, typo), -EINVAL);
+	assert_int_equal(egd_config_load(&c, 1, novalue), -EINVAL);
+}
+
+static void test_proxy_secret_from_file(void **state)
+{
+	char path[] = "/tmp/egd-key-XXXXXX", arg[64];
+	char *argv[] = { arg };
+	char err[EGD_CONFIG_ERR_MAX_BYTES];
+	struct egd_proxy_config pc;
+	int fd = mkstemp(path);
+
+	(void)state;
+	assert_true(fd >= 0);
+	assert_int_equal(write(fd, "sk-mgmt-1\n", 10), 10);
+	close(fd);
+	snprintf(arg, sizeof(arg), "--openrouter-management-key-file=%s", path);
+	clear_env();
+	assert_int_equal(load_proxy(1, argv, &pc, err), 0);
+	assert_string_equal(pc.management_key, "sk-mgmt-1");
+	egd_proxy_config_free(&pc);
+	/* The key and its file at once: which one is meant is not guessed. */
+	setenv("OPENROUTER_MANAGEMENT_KEY", "sk-other", 1);
+	assert_int_equal(load_proxy(1, argv, &pc, err), -EINVAL);
+	assert_non_null(strstr(err, "OPENROUTER_MANAGEMENT_KEY_FILE"));
+	assert_null(strstr(err, "sk-"));
+	/* A secret is never echoed in an error. */
+	clear_env();
+	setenv("OPENROUTER_UPSTREAM_API_KEY", "sk-up\r\nX-Evil: 1", 1);
+	assert_int_equal(load_proxy(0, NULL, &pc, err), -EINVAL);
+	assert_non_null(strstr(err, "--openrouter-upstream-api-key"));
+	assert_null(strstr(err, "sk-up"));
+	unlink(path);
+	clear_env();
+}
+
+static void test_resolvers_flag(void **state)
+{
+	char *good[] = { "--resolvers=192.0.2.53,2001:db8::53" };
+	char *bad[] = { "--resolvers=dns.example" };
+	struct egd_config_run c;
+
+	(void)state;
+	clear_env();
+	setenv("EGRESSD_RESOLVERS", "192.0.2.1", 1);
+	assert_int_equal(egd_config_load(&c, 1, good), 0);
+	assert_string_equal(egd_config_get("EGRESSD_RESOLVERS"), "192.0.2.53,2001:db8::53");
+	assert_int_equal(egd_config_load(&c, 0, NULL), 0);
+	assert_string_equal(egd_config_get("EGRESSD_RESOLVERS"), "192.0.2.1");
+	assert_int_equal(egd_config_load(&c, 1, bad), -EINVAL);
+	clear_env();
+}
+
+/* egressd help names every setting of the proxy, flag and variable. */
+static void test_usage_lists_proxy_settings(void **state)
+{
+	static const char *const vars[] = {
+		"RESTRICTED_MODELS",	     "PROVIDER_ORDER",
+		"PROVIDER_ALLOW_FALLBACKS",  "MAX_COST_USD",
+		"BUDGET_RESERVE_USD",	     "MAX_REQUEST_BYTES",
+		"WORKSPACE_CHECK_TTL_S",     "UPSTREAM_TIMEOUT_S",
+		"EVALUATION_RUN_ID",	     "PROXY_DATA_DIR",
+		"UPSTREAM_BASE_URL",	     "OPENROUTER_MANAGEMENT_KEY",
+		"OPENROUTER_WORKSPACE_ID",   "OPENROUTER_UPSTREAM_API_KEY",
+		"UPSTREAM_CA_FILE",	     "UPSTREAM_RESOLVE",
+		"OPENROUTER_EXPECTED_API_KEY_SHA256", "EGRESSD_PROXY_HTTP_LISTEN",
+		"EGRESSD_CA_DIR",	     "EGRESSD_CA_KEY_DIR",
+	};
+	char *text = NULL;
+	size_t len = 0;
+	FILE *f = open_memstream(&text, &len);
+
+	(void)state;
+	assert_non_null(f);
+	egd_config_usage(f);
+	fclose(f);
+	for (size_t i = 0; i < sizeof(vars) / sizeof(vars[0]); i++) {
+		char flag[64];
+		const char *fl = egd_config_flag(vars[i]);
+
+		print_message("%s\n", vars[i]);
+		assert_non_null(fl);
+		snprintf(flag, sizeof(flag), "--%s\n", fl);
+		assert_non_null(strstr(text, vars[i]));
+		assert_true(strstr(text, flag) || (snprintf(flag, sizeof(flag), "--%s ", fl),
+						   strstr(text, flag)));
+	}
+	free(text);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -162,6 +347,12 @@ int main(void)
 		cmocka_unit_test(test_unknown_flag_is_refused),
 		cmocka_unit_test(test_hostport_forms),
 		cmocka_unit_test(test_resolv_conf_nameservers),
+		cmocka_unit_test(test_proxy_flag_wins_over_environment),
+		cmocka_unit_test(test_proxy_bad_flag_names_the_flag),
+		cmocka_unit_test(test_proxy_flag_typo_is_refused),
+		cmocka_unit_test(test_proxy_secret_from_file),
+		cmocka_unit_test(test_resolvers_flag),
+		cmocka_unit_test(test_usage_lists_proxy_settings),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);

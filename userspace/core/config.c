@@ -12,8 +12,15 @@
 #include <string.h>
 #include <strings.h>
 
+/*
+ * OPT_IPLIST and OPT_PROXY have no field in struct egd_config_run: their
+ * readers (nft mode, attach under exec, the policy proxy) ask
+ * egd_config_get(). OPT_IPLIST is checked here; OPT_PROXY is checked by
+ * egd_proxy_config_load(), the one parser of the proxy's settings, whose
+ * defaults (shown by egressd help) are its own.
+ */
 enum opt_type { OPT_PORT, OPT_HOSTPORT, OPT_HOSTPORT_OFF, OPT_PATH, OPT_PHASE, OPT_HOSTLIST,
-		OPT_URL_HOSTLIST, OPT_UINT, OPT_MODE, OPT_LOGLEVEL };
+		OPT_URL_HOSTLIST, OPT_UINT, OPT_MODE, OPT_LOGLEVEL, OPT_IPLIST, OPT_PROXY };
 
 struct opt {
 	const char *flag;
@@ -70,8 +77,61 @@ static const struct opt opts[] = {
 	  "error|warning|info|debug (diagnostics on stderr)" },
 	{ "audit-log", "EGRESSD_AUDIT_LOG", "", OPT_PATH, OFF(audit_log), 0, 0,
 	  "decision lines go here instead of stdout" },
+	{ "resolvers", "EGRESSD_RESOLVERS", "nameservers of /etc/resolv.conf", OPT_IPLIST, 0, 0, 0,
+	  "DNS servers allowed in the agent phase, comma list (nft mode, exec)" },
+	/* The embedded policy proxy's settings, under the names of the
+	 * reference proxy's environment (UPSTREAM_BASE_URL is above). The
+	 * flag is the variable in lower case, EGRESSD_ dropped. */
+	{ "openrouter-expected-api-key-sha256", "OPENROUTER_EXPECTED_API_KEY_SHA256", "", OPT_PROXY,
+	  0, 0, 0, "hex SHA-256 of the only runtime key accepted" },
+	{ "openrouter-management-key", "OPENROUTER_MANAGEMENT_KEY", "", OPT_PROXY, 0, 0, 0,
+	  "secret for the workspace privacy check (better: the variable or -file)" },
+	{ "openrouter-management-key-file", "OPENROUTER_MANAGEMENT_KEY_FILE", "", OPT_PROXY, 0, 0, 0,
+	  "file holding OPENROUTER_MANAGEMENT_KEY (one trailing newline ignored)" },
+	{ "openrouter-workspace-id", "OPENROUTER_WORKSPACE_ID", "", OPT_PROXY, 0, 0, 0,
+	  "workspace whose privacy settings are checked" },
+	{ "openrouter-upstream-api-key", "OPENROUTER_UPSTREAM_API_KEY", "", OPT_PROXY, 0, 0, 0,
+	  "key sent upstream instead of the agent's (better: the variable or -file)" },
+	{ "openrouter-upstream-api-key-file", "OPENROUTER_UPSTREAM_API_KEY_FILE", "", OPT_PROXY, 0,
+	  0, 0, "file holding OPENROUTER_UPSTREAM_API_KEY (one trailing newline ignored)" },
+	{ "restricted-models", "RESTRICTED_MODELS", "", OPT_PROXY, 0, 0, 0,
+	  "comma list of denied models" },
+	{ "provider-order", "PROVIDER_ORDER", "", OPT_PROXY, 0, 0, 0,
+	  "comma list of providers forced on every request" },
+	{ "provider-allow-fallbacks", "PROVIDER_ALLOW_FALLBACKS", "true", OPT_PROXY, 0, 0, 0,
+	  "anything but \"false\" allows fallbacks" },
+	{ "max-cost-usd", "MAX_COST_USD", "9999", OPT_PROXY, 0, 0, 0, "budget; 429 once spent" },
+	{ "budget-reserve-usd", "BUDGET_RESERVE_USD", "0.01", OPT_PROXY, 0, 0, 0,
+	  "held per in-flight request" },
+	{ "max-request-bytes", "MAX_REQUEST_BYTES", "10485760", OPT_PROXY, 0, 0, 0,
+	  "larger request bodies get 413" },
+	{ "workspace-check-ttl-s", "WORKSPACE_CHECK_TTL_S", "60", OPT_PROXY, 0, 0, 0,
+	  "how long a workspace privacy answer is trusted" },
+	{ "upstream-timeout-s", "UPSTREAM_TIMEOUT_S", "300", OPT_PROXY, 0, 0, 0,
+	  "idle time on an upstream request before 504" },
+	{ "evaluation-run-id", "EVALUATION_RUN_ID", "unknown-eval-run", OPT_PROXY, 0, 0, 0,
+	  "recorded in the usage files" },
+	{ "proxy-data-dir", "PROXY_DATA_DIR", "/proxy-data", OPT_PROXY, 0, 0, 0,
+	  "proxy_usage.json and proxy_inferences.jsonl" },
+	{ "upstream-ca-file", "UPSTREAM_CA_FILE", "", OPT_PROXY, 0, 0, 0,
+	  "extra CA for the upstream (default: the system store)" },
+	{ "upstream-resolve", "UPSTREAM_RESOLVE", "", OPT_PROXY, 0, 0, 0,
+	  "host:port:addr, as curl --resolve" },
+	{ "proxy-http-listen", "EGRESSD_PROXY_HTTP_LISTEN", "127.0.0.1:8080", OPT_PROXY, 0, 0, 0,
+	  "plain-HTTP listener of the proxy; \"off\" disables (the default under exec)" },
+	{ "ca-dir", "EGRESSD_CA_DIR", "/var/run/egressd/ca", OPT_PROXY, 0, 0, 0,
+	  "ca.crt and ca-bundle.crt are written here for the agent" },
+	{ "ca-key-dir", "EGRESSD_CA_KEY_DIR", "/var/lib/egressd", OPT_PROXY, 0, 0, 0,
+	  "the CA key (0600); never mounted by the agent" },
 };
 #define N_OPTS (sizeof(opts) / sizeof(opts[0]))
+
+/*
+ * The flags given to the last egd_config_load(), by table entry: pointers
+ * into its argv, which lives as long as the process. Written at start,
+ * before any thread, and only read afterwards.
+ */
+static const char *flag_vals[N_OPTS];
 
 int egd_parse_hostport(const char *s, struct egd_addr *out)
 {
@@ -293,6 +353,13 @@ static int apply(struct egd_config_run *cfg, const struct opt *o, const char *v)
 		}
 		return -EINVAL;
 	}
+	case OPT_IPLIST: {
+		struct egd_addr ips[EGD_RESOLVERS_MAX_ENTRIES];
+
+		return egd_parse_ip_list(v, ips, EGD_RESOLVERS_MAX_ENTRIES) < 0 ? -EINVAL : 0;
+	}
+	case OPT_PROXY:
+		return 0;
 	}
 	return -EINVAL;
 }
@@ -348,8 +415,10 @@ static int known_flags(int argc, char **argv)
 
 int egd_config_load(struct egd_config_run *cfg, int argc, char **argv)
 {
-	int err = known_flags(argc, argv);
+	int err;
 
+	memset(flag_vals, 0, sizeof(flag_vals));
+	err = known_flags(argc, argv);
 	if (err)
 		return err;
 	memset(cfg, 0, sizeof(*cfg));
@@ -359,10 +428,13 @@ int egd_config_load(struct egd_config_run *cfg, int argc, char **argv)
 
 		if (err)
 			return err;
+		flag_vals[i] = v;
 		if (v) {
 			from = "flag";
 		} else if ((v = getenv(o->env))) {
 			from = "environment";
+		} else if (o->type == OPT_IPLIST || o->type == OPT_PROXY) {
+			continue; /* their defaults belong to their readers */
 		} else {
 			v = o->def;
 		}
@@ -379,9 +451,52 @@ int egd_config_load(struct egd_config_run *cfg, int argc, char **argv)
 	return 0;
 }
 
-void egd_config_usage(FILE *out)
+static const struct opt *find(const char *env)
 {
 	for (size_t i = 0; i < N_OPTS; i++)
-		fprintf(out, "  --%-20s %-28s [%s]\n  %24s %s\n", opts[i].flag, opts[i].env,
-			opts[i].def ? opts[i].def : "", "", opts[i].help);
+		if (strcmp(opts[i].env, env) == 0)
+			return &opts[i];
+	return NULL;
+}
+
+const char *egd_config_get(const char *env)
+{
+	const struct opt *o = find(env);
+
+	if (o && flag_vals[o - opts])
+		return flag_vals[o - opts];
+	return getenv(env);
+}
+
+const char *egd_config_source(const char *env)
+{
+	const struct opt *o = find(env);
+
+	if (o && flag_vals[o - opts])
+		return "flag";
+	return getenv(env) ? "environment" : NULL;
+}
+
+const char *egd_config_flag(const char *env)
+{
+	const struct opt *o = find(env);
+
+	return o ? o->flag : NULL;
+}
+
+void egd_config_usage(FILE *out)
+{
+	for (size_t i = 0; i < N_OPTS; i++) {
+		if (opts[i].type == OPT_PROXY && (i == 0 || opts[i - 1].type != OPT_PROXY))
+			fprintf(out, "\npolicy proxy settings (a flag's value shows in "
+				     "/proc/PID/cmdline: give the two secrets\nby variable or "
+				     "*_FILE, not by flag):\n");
+		/* A long flag gets a line of its own rather than a ragged column. */
+		if (strlen(opts[i].flag) > 20)
+			fprintf(out, "  --%s\n  %-22s %-28s [%s]\n  %24s %s\n", opts[i].flag, "",
+				opts[i].env, opts[i].def ? opts[i].def : "", "", opts[i].help);
+		else
+			fprintf(out, "  --%-20s %-28s [%s]\n  %24s %s\n", opts[i].flag,
+				opts[i].env, opts[i].def ? opts[i].def : "", "", opts[i].help);
+	}
 }

@@ -57,6 +57,20 @@ struct egd_config_run {
  */
 int egd_config_load(struct egd_config_run *cfg, int argc, char **argv);
 
+/*
+ * Settings without a field above (EGRESSD_RESOLVERS, the policy proxy's):
+ * the value of variable @env, its --flag as given to the last
+ * egd_config_load() first, else the environment; NULL when neither. Call
+ * after egd_config_load(), and from any thread once it has returned.
+ */
+const char *egd_config_get(const char *env);
+
+/* Where egd_config_get(@env) comes from: "flag", "environment", or NULL. */
+const char *egd_config_source(const char *env);
+
+/* The flag of @env without its "--", or NULL when @env has none. */
+const char *egd_config_flag(const char *env);
+
 /* Print the settings table (flag, variable, default, meaning). */
 void egd_config_usage(FILE *out);
 

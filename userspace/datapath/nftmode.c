@@ -41,7 +41,7 @@ static int own_cgroup_level(uint32_t *level)
 int egd_nftmode_config(struct egd_nft_config *nc, uint16_t listen_port, uint16_t admin_port)
 {
 	struct egd_addr res[EGD_NFT_RESOLVERS_MAX];
-	const char *spec = getenv("EGRESSD_RESOLVERS");
+	const char *spec = egd_config_get("EGRESSD_RESOLVERS");
 	char self[4096];
 	int n, err;
 

@@ -27,6 +27,7 @@
 #include <openssl/x509v3.h>
 
 #include "core/log.h"
+#include "proxy/proxy_config.h"
 
 /* The system bundle is a few hundred KiB; a bigger file is not a bundle. */
 #define CA_SYSTEM_BUNDLE_MAX_BYTES (16 * 1024 * 1024)
@@ -376,8 +377,8 @@ err_free:
 
 struct egd_ca *egd_ca_open_env(void)
 {
-	const char *key_dir = getenv("EGRESSD_CA_KEY_DIR");
-	const char *out_dir = getenv("EGRESSD_CA_DIR");
+	const char *key_dir = egd_proxy_getenv(NULL, "EGRESSD_CA_KEY_DIR");
+	const char *out_dir = egd_proxy_getenv(NULL, "EGRESSD_CA_DIR");
 
 	return egd_ca_open(key_dir && *key_dir ? key_dir : EGD_CA_KEY_DIR_DEFAULT,
 			   out_dir && *out_dir ? out_dir : EGD_CA_DIR_DEFAULT,

@@ -53,8 +53,9 @@ struct egd_ca;
 struct egd_ca *egd_ca_open(const char *key_dir, const char *out_dir, const char *system_bundle);
 void egd_ca_destroy(struct egd_ca *ca);
 
-/* egd_ca_open() with EGRESSD_CA_KEY_DIR and EGRESSD_CA_DIR (or their
- * defaults) and the system bundle: what the daemon calls at start. */
+/* egd_ca_open() with EGRESSD_CA_KEY_DIR and EGRESSD_CA_DIR (their flags or
+ * variables, else the defaults) and the system bundle: what the daemon calls
+ * at start. */
 struct egd_ca *egd_ca_open_env(void);
 
 /* 1 when egd_ca_open() generated a new CA rather than reusing one. */

@@ -7,21 +7,46 @@
 #include "proxy/proxy_config.h"
 #include "core/config.h"
 
+#include <arpa/inet.h>
 #include <ctype.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <unistd.h>
 
 #include "proxy/budget.h"
 #include "proxy/http1.h"
 
+/* Upper bound of a *_FILE secret: keys are a few dozen bytes. */
+#define SECRET_FILE_MAX_BYTES 4096
+
+/* The flags of egressd run (see egd_config_load()) win over the
+ * environment, as for the daemon's own settings. */
 const char *egd_proxy_getenv(void *ctx, const char *name)
 {
 	(void)ctx;
-	return getenv(name);
+	return egd_config_get(name);
+}
+
+/*
+ * "bad value "V" for NAME (--flag, from the flag): REASON", the daemon's own
+ * wording. The source is known only for the process's own settings; @v is
+ * NULL for secrets, which are never echoed.
+ */
+static int bad_value(char *err, size_t errlen, egd_getenv_fn fn, const char *name, const char *v,
+		     const char *reason)
+{
+	const char *flag = egd_config_flag(name);
+	const char *from = fn == egd_proxy_getenv ? egd_config_source(name) : NULL;
+
+	snprintf(err, errlen, "bad value%s%s%s for %s (--%s%s%s): %s", v ? " \"" : "", v ? v : "",
+		 v ? "\"" : "", name, flag ? flag : "?", from ? ", from the " : "",
+		 from ? from : "", reason);
+	return -EINVAL;
 }
 
 static const char *get(egd_getenv_fn fn, void *ctx, const char *name)
@@ -75,8 +100,8 @@ err:
 	return -ENOMEM;
 }
 
-static int parse_usd(const char *name, const char *v, double def, double *out, char *err,
-		     size_t errlen)
+static int parse_usd(egd_getenv_fn fn, const char *name, const char *v, double def, double *out,
+		     char *err, size_t errlen)
 {
 	char *end;
 	double d;
@@ -89,15 +114,13 @@ static int parse_usd(const char *name, const char *v, double def, double *out, c
 	d = strtod(v, &end);
 	while (isspace((unsigned char)*end))
 		end++;
-	if (errno || end == v || *end || !isfinite(d) || d < 0) {
-		snprintf(err, errlen, "%s=%s: expected a non-negative number of USD", name, v);
-		return -EINVAL;
-	}
+	if (errno || end == v || *end || !isfinite(d) || d < 0)
+		return bad_value(err, errlen, fn, name, v, "expected a non-negative number of USD");
 	*out = d;
 	return 0;
 }
 
-static int parse_uint(const char *name, const char *v, unsigned long long def,
+static int parse_uint(egd_getenv_fn fn, const char *name, const char *v, unsigned long long def,
 		      unsigned long long min, unsigned long long max, unsigned long long *out,
 		      char *err, size_t errlen)
 {
@@ -111,9 +134,10 @@ static int parse_uint(const char *name, const char *v, unsigned long long def,
 	errno = 0;
 	n = strtoull(v, &end, 10);
 	if (errno || end == v || *end || !isdigit((unsigned char)*v) || n < min || n > max) {
-		snprintf(err, errlen, "%s=%s: expected an integer from %llu to %llu", name, v, min,
-			 max);
-		return -EINVAL;
+		char reason[96];
+
+		snprintf(reason, sizeof(reason), "expected an integer from %llu to %llu", min, max);
+		return bad_value(err, errlen, fn, name, v, reason);
 	}
 	*out = n;
 	return 0;
@@ -128,22 +152,115 @@ static int dup_opt(const char *v, char **out)
 	return *out ? 0 : -ENOMEM;
 }
 
-static int parse_base_url(struct egd_proxy_config *cfg, const char *url, char *err, size_t errlen)
+static int parse_base_url(struct egd_proxy_config *cfg, egd_getenv_fn fn, const char *url,
+			  char *err, size_t errlen)
 {
 	char host[256];
 	uint16_t port;
 	int tls;
 
-	if (egd_parse_base_url(url, host, sizeof(host), &port, &tls)) {
-		snprintf(err, errlen, "UPSTREAM_BASE_URL=%s: expected http(s)://host[:port]", url);
-		return -EINVAL;
-	}
+	if (egd_parse_base_url(url, host, sizeof(host), &port, &tls))
+		return bad_value(err, errlen, fn, "UPSTREAM_BASE_URL", url,
+				 "expected http(s)://host[:port]");
 	cfg->upstream_tls = tls;
 	cfg->upstream_host = strdup(host);
 	if (!cfg->upstream_host)
 		return -ENOMEM;
 	cfg->upstream_port = port;
 	return 0;
+}
+
+/*
+ * A secret from @name, or from the file named by @name_FILE (as Docker and
+ * systemd hand secrets over, out of the environment and the command line).
+ * One trailing newline is dropped; setting both is refused, since which one
+ * wins would be a guess. Line breaks are refused: the secret goes into an
+ * HTTP header.
+ */
+static int load_secret(egd_getenv_fn fn, void *ctx, const char *name, char **out, char *err,
+		       size_t errlen)
+{
+	char file_name[64], buf[SECRET_FILE_MAX_BYTES + 1];
+	const char *v = get(fn, ctx, name), *path;
+	ssize_t n = 0;
+	int fd, ret = 0;
+
+	*out = NULL;
+	snprintf(file_name, sizeof(file_name), "%s_FILE", name);
+	path = get(fn, ctx, file_name);
+	if (v && path) {
+		snprintf(err, errlen, "%s (--%s) and %s (--%s) are both set: give the secret one way",
+			 name, egd_config_flag(name), file_name, egd_config_flag(file_name));
+		return -EINVAL;
+	}
+	if (path) {
+		fd = open(path, O_RDONLY | O_CLOEXEC);
+		if (fd >= 0) {
+			int saved;
+
+			n = read(fd, buf, sizeof(buf));
+			saved = errno;
+			close(fd);
+			errno = saved;
+		}
+		if (fd < 0 || n < 0)
+			return bad_value(err, errlen, fn, file_name, path, strerror(errno));
+		if (n > SECRET_FILE_MAX_BYTES) {
+			explicit_bzero(buf, sizeof(buf));
+			return bad_value(err, errlen, fn, file_name, path, "file too large");
+		}
+		buf[n] = '\0';
+		if (n && buf[n - 1] == '\n')
+			buf[--n] = '\0';
+		if (n && buf[n - 1] == '\r')
+			buf[--n] = '\0';
+		if (!n)
+			return bad_value(err, errlen, fn, file_name, path, "empty file");
+		v = buf;
+	}
+	if (v && strpbrk(v, "\r\n"))
+		ret = bad_value(err, errlen, fn, path ? file_name : name, path,
+				"the secret contains a line break");
+	else if (dup_opt(v, out))
+		ret = -ENOMEM;
+	/* No copy of the secret left on the stack. */
+	explicit_bzero(buf, sizeof(buf));
+	return ret;
+}
+
+/* "off" or ADDR:PORT with a literal IPv4 or [IPv6] address, as the
+ * listener takes it, so a typo stops the daemon before anything starts. */
+static int check_listen(egd_getenv_fn fn, const char *v, char *err, size_t errlen)
+{
+	char host[INET6_ADDRSTRLEN + 2];
+	unsigned char a[sizeof(struct in6_addr)];
+	const char *colon = v ? strrchr(v, ':') : NULL;
+	size_t hl;
+	char *end;
+	long port;
+
+	if (!v || strcmp(v, "off") == 0)
+		return 0;
+	if (!colon)
+		goto bad;
+	errno = 0;
+	port = strtol(colon + 1, &end, 10);
+	if (errno || end == colon + 1 || *end || port < 0 || port > 65535)
+		goto bad;
+	hl = (size_t)(colon - v);
+	if (hl >= 2 && v[0] == '[' && v[hl - 1] == ']') {
+		v++;
+		hl -= 2;
+	}
+	if (hl >= sizeof(host))
+		goto bad;
+	memcpy(host, v, hl);
+	host[hl] = '\0';
+	if (inet_pton(AF_INET, host, a) == 1 || inet_pton(AF_INET6, host, a) == 1)
+		return 0;
+bad:
+	return bad_value(err, errlen, fn, "EGRESSD_PROXY_HTTP_LISTEN", v,
+			 "expected ADDR:PORT (IPv4 or [IPv6] address) or off");
 }
 
 int egd_proxy_config_load(struct egd_proxy_config *cfg, egd_getenv_fn fn, void *ctx, char *err,
@@ -168,10 +285,10 @@ int egd_proxy_config_load(struct egd_proxy_config *cfg, egd_getenv_fn fn, void *
 	v = get(fn, ctx, "PROVIDER_ALLOW_FALLBACKS");
 	cfg->allow_fallbacks = !v || strcasecmp(v, "false");
 
-	ret = parse_usd("MAX_COST_USD", get(fn, ctx, "MAX_COST_USD"), EGD_BUDGET_DEFAULT_CAP_USD,
-			&cfg->max_cost_usd, err, errlen);
+	ret = parse_usd(fn, "MAX_COST_USD", get(fn, ctx, "MAX_COST_USD"),
+			EGD_BUDGET_DEFAULT_CAP_USD, &cfg->max_cost_usd, err, errlen);
 	if (!ret)
-		ret = parse_usd("BUDGET_RESERVE_USD", get(fn, ctx, "BUDGET_RESERVE_USD"),
+		ret = parse_usd(fn, "BUDGET_RESERVE_USD", get(fn, ctx, "BUDGET_RESERVE_USD"),
 				EGD_BUDGET_DEFAULT_RESERVE_USD, &cfg->budget_reserve_usd, err,
 				errlen);
 	if (ret)
@@ -185,28 +302,26 @@ int egd_proxy_config_load(struct egd_proxy_config *cfg, egd_getenv_fn fn, void *
 			if (!isxdigit((unsigned char)v[i]))
 				len = 0;
 		if (len != EGD_SHA256_HEX_LEN) {
-			snprintf(err, errlen,
-				 "OPENROUTER_EXPECTED_API_KEY_SHA256: expected %d hex digits",
-				 EGD_SHA256_HEX_LEN);
-			ret = -EINVAL;
+			ret = bad_value(err, errlen, fn, "OPENROUTER_EXPECTED_API_KEY_SHA256", v,
+					"expected 64 hex digits");
 			goto err;
 		}
 		for (size_t i = 0; i < len; i++)
 			cfg->expected_key_sha256[i] = (char)tolower((unsigned char)v[i]);
 	}
 
-	ret = parse_uint("MAX_REQUEST_BYTES", get(fn, ctx, "MAX_REQUEST_BYTES"),
+	ret = parse_uint(fn, "MAX_REQUEST_BYTES", get(fn, ctx, "MAX_REQUEST_BYTES"),
 			 EGD_HTTP_BODY_DEFAULT_MAX_BYTES, 1, EGD_MAX_REQUEST_LIMIT_BYTES, &n, err,
 			 errlen);
 	if (ret)
 		goto err;
 	cfg->max_request_bytes = (size_t)n;
-	ret = parse_uint("WORKSPACE_CHECK_TTL_S", get(fn, ctx, "WORKSPACE_CHECK_TTL_S"),
+	ret = parse_uint(fn, "WORKSPACE_CHECK_TTL_S", get(fn, ctx, "WORKSPACE_CHECK_TTL_S"),
 			 EGD_WORKSPACE_DEFAULT_TTL_S, 0, 86400, &n, err, errlen);
 	if (ret)
 		goto err;
 	cfg->workspace_ttl_s = (unsigned int)n;
-	ret = parse_uint("UPSTREAM_TIMEOUT_S", get(fn, ctx, "UPSTREAM_TIMEOUT_S"),
+	ret = parse_uint(fn, "UPSTREAM_TIMEOUT_S", get(fn, ctx, "UPSTREAM_TIMEOUT_S"),
 			 EGD_UPSTREAM_DEFAULT_TIMEOUT_S, 1, 86400, &n, err, errlen);
 	if (ret)
 		goto err;
@@ -218,20 +333,20 @@ int egd_proxy_config_load(struct egd_proxy_config *cfg, egd_getenv_fn fn, void *
 	ret = ret ? ret : dup_opt(v ? v : "/proxy-data", &cfg->data_dir);
 	v = get(fn, ctx, "UPSTREAM_BASE_URL");
 	ret = ret ? ret : dup_opt(v ? v : "https://openrouter.ai", &cfg->upstream_base_url);
-	ret = ret ? ret : dup_opt(get(fn, ctx, "OPENROUTER_MANAGEMENT_KEY"), &cfg->management_key);
 	ret = ret ? ret : dup_opt(get(fn, ctx, "OPENROUTER_WORKSPACE_ID"), &cfg->workspace_id);
-	ret = ret ? ret :
-		    dup_opt(get(fn, ctx, "OPENROUTER_UPSTREAM_API_KEY"), &cfg->upstream_api_key);
 	ret = ret ? ret : dup_opt(get(fn, ctx, "UPSTREAM_CA_FILE"), &cfg->upstream_ca_file);
 	ret = ret ? ret : dup_opt(get(fn, ctx, "UPSTREAM_RESOLVE"), &cfg->upstream_resolve);
 	if (ret)
 		goto err;
-	if (cfg->upstream_api_key && strpbrk(cfg->upstream_api_key, "\r\n")) {
-		snprintf(err, errlen, "OPENROUTER_UPSTREAM_API_KEY: contains a line break");
-		ret = -EINVAL;
-		goto err;
-	}
-	ret = parse_base_url(cfg, cfg->upstream_base_url, err, errlen);
+	ret = load_secret(fn, ctx, "OPENROUTER_MANAGEMENT_KEY", &cfg->management_key, err, errlen);
+	if (!ret)
+		ret = load_secret(fn, ctx, "OPENROUTER_UPSTREAM_API_KEY", &cfg->upstream_api_key,
+				  err, errlen);
+	if (!ret)
+		ret = parse_base_url(cfg, fn, cfg->upstream_base_url, err, errlen);
+	/* Read by the listener itself (intercept.c); checked here with the rest. */
+	if (!ret)
+		ret = check_listen(fn, get(fn, ctx, "EGRESSD_PROXY_HTTP_LISTEN"), err, errlen);
 	if (ret)
 		goto err;
 	if (errlen)

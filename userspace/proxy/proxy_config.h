@@ -2,8 +2,9 @@
 /*
  * Configuration of the policy proxy, read from the environment variables of
  * the reference Python proxy (so egressd is a drop-in replacement) plus a
- * few of its own. The loader takes a getenv-like callback so tests feed it a
- * table; every bad value is a clear error naming the variable, never a
+ * few of its own, each also a flag of egressd run (core/config.c lists them).
+ * The loader takes a getenv-like callback so tests feed it a table; every
+ * bad value is a clear error naming the variable, never a
  * silent default, because a typo in MAX_COST_USD must not mean "no budget".
  */
 #ifndef EGD_PROXY_CONFIG_H
@@ -21,7 +22,7 @@
 /* Hex SHA-256 digest length. */
 #define EGD_SHA256_HEX_LEN 64
 /* Error messages written by the loader fit in this. */
-#define EGD_CONFIG_ERR_MAX_BYTES 256
+#define EGD_CONFIG_ERR_MAX_BYTES 512
 
 /* Returns the value of @name or NULL when unset. */
 typedef const char *(*egd_getenv_fn)(void *ctx, const char *name);
@@ -36,9 +37,9 @@ struct egd_proxy_config {
 	double budget_reserve_usd; /* BUDGET_RESERVE_USD */
 	/* OPENROUTER_EXPECTED_API_KEY_SHA256, lowercased; "" when unset. */
 	char expected_key_sha256[EGD_SHA256_HEX_LEN + 1];
-	char *management_key; /* OPENROUTER_MANAGEMENT_KEY or NULL */
+	char *management_key; /* OPENROUTER_MANAGEMENT_KEY(_FILE) or NULL */
 	char *workspace_id;   /* OPENROUTER_WORKSPACE_ID or NULL */
-	char *upstream_api_key; /* OPENROUTER_UPSTREAM_API_KEY or NULL */
+	char *upstream_api_key; /* OPENROUTER_UPSTREAM_API_KEY(_FILE) or NULL */
 	size_t max_request_bytes; /* MAX_REQUEST_BYTES */
 	unsigned int workspace_ttl_s; /* WORKSPACE_CHECK_TTL_S */
 	unsigned int upstream_timeout_s; /* UPSTREAM_TIMEOUT_S */
@@ -53,12 +54,13 @@ struct egd_proxy_config {
 	char *upstream_resolve; /* UPSTREAM_RESOLVE or NULL */
 };
 
-/* The process environment, for egd_proxy_config_load(). */
+/* The process's settings, for egd_proxy_config_load(): the flags given to
+ * egd_config_load() first, then the environment (egd_config_get()). */
 const char *egd_proxy_getenv(void *ctx, const char *name);
 
 /*
  * Fill @cfg from @get. Returns 0, or -EINVAL with a message naming the
- * variable in @err (and @cfg left empty), or -ENOMEM.
+ * variable and its flag in @err (and @cfg left empty), or -ENOMEM.
  */
 int egd_proxy_config_load(struct egd_proxy_config *cfg, egd_getenv_fn get, void *ctx, char *err,
 			  size_t errlen);
