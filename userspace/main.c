@@ -265,16 +265,10 @@ static int check_proxy_settings(const struct egd_config_run *cfg)
 static int cmd_run(int argc, char **argv)
 {
 	struct egd_config_run cfg;
-	const char *http_listen;
 	FILE *audit;
 
 	if (egd_config_load(&cfg, argc, argv) || check_proxy_settings(&cfg))
 		return 2;
-	/* The proxy's listener reads this one with getenv(); a flag must
-	 * reach it too. Set before any thread starts. */
-	http_listen = egd_config_get("EGRESSD_PROXY_HTTP_LISTEN");
-	if (http_listen && setenv("EGRESSD_PROXY_HTTP_LISTEN", http_listen, 1))
-		return 1;
 	egd_log_set_level(cfg.log_level);
 	if (cfg.audit_log[0]) {
 		audit = fopen(cfg.audit_log, "ae");

@@ -28,7 +28,8 @@ struct egd_intercept {
 
 static int start_listener(struct egd_intercept *ic)
 {
-	const char *addr = getenv("EGRESSD_PROXY_HTTP_LISTEN");
+	/* Flag, else environment, as every proxy setting. */
+	const char *addr = egd_proxy_getenv(NULL, "EGRESSD_PROXY_HTTP_LISTEN");
 	int port;
 
 	if (!addr || !*addr)
