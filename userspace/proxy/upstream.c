@@ -71,6 +71,7 @@ struct uconn {
 	struct egd_upstream_req *req;
 	int reused;
 	int ssl_want_write;
+	int *closed; /* set to 1 by conn_close() while a response is fed */
 };
 
 struct egd_upstream_req {
@@ -353,6 +354,8 @@ static void conn_close(struct uconn *c)
 	egd_timer_cancel(u->loop, &c->idle_timer);
 	if (c->watch.fd >= 0)
 		egd_loop_del(u->loop, &c->watch);
+	if (c->closed)
+		*c->closed = 1;
 	if (c->job)
 		job_put(c->job);
 	if (c->ssl)
@@ -645,6 +648,7 @@ static void conn_active_io(struct uconn *c)
 {
 	struct egd_upstream_req *r = c->req;
 	uint8_t buf[UP_READ_CHUNK_BYTES];
+	int closed = 0;
 	ssize_t n;
 
 	if (!r) {
@@ -689,9 +693,14 @@ static void conn_active_io(struct uconn *c)
 		}
 		r->got_bytes = 1;
 		req_arm(r);
-		/* The request may finish (or die) inside; stop touching it
-		 * unless it is still ours and still on this connection. */
+		/* The request may finish (or die) inside, and a response
+		 * that ends the connection frees it there; stop touching
+		 * either unless both are still here and still paired. */
+		c->closed = &closed;
 		req_feed(r, buf, (size_t)n);
+		if (closed)
+			return;
+		c->closed = NULL;
 		if (c->req != r)
 			return;
 	}
