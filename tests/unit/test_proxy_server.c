@@ -34,6 +34,7 @@
 
 #include "core/log.h"
 #include "core/loop.h"
+#include "core/resolve.h"
 #include "proxy/budget.h"
 #include "proxy/ca.h"
 #include "proxy/proxy_config.h"
@@ -203,6 +204,7 @@ struct t {
 	struct env env;
 	struct egd_proxy_config cfg;
 	struct egd_loop *loop;
+	struct egd_resolver *resolver; /* the loop's, as each worker has one */
 	struct egd_proxy *proxy;
 	struct egd_proxy_shared *sh;
 	int port;
@@ -292,6 +294,8 @@ static struct t *t_new(struct env env)
 	assert_int_equal(egd_proxy_config_load(&t->cfg, env_get, &t->env, err, sizeof(err)), 0);
 	t->loop = egd_loop_new();
 	assert_non_null(t->loop);
+	t->resolver = egd_resolver_new(t->loop);
+	assert_non_null(t->resolver);
 	t->sh = egd_proxy_shared_new(&t->cfg, err, sizeof(err));
 	if (!t->sh)
 		fail_msg("egd_proxy_shared_new: %s", err);
@@ -319,6 +323,7 @@ static void t_free(struct t *t)
 	memcpy(t_last_resp, t->reqs[0].resp, sizeof(t_last_resp));
 	egd_proxy_destroy(t->proxy);
 	egd_proxy_shared_destroy(t->sh);
+	egd_resolver_free(t->resolver);
 	egd_loop_del(t->loop, &t->tls_listen);
 	close(t->tls_listen.fd);
 	egd_loop_del(t->loop, &t->done);
@@ -927,7 +932,7 @@ static void test_dns_resolved_off_loop(void **state)
 
 	(void)state;
 	assert_true(pid > 0);
-	/* No UPSTREAM_RESOLVE: "localhost" goes through the resolver thread
+	/* No UPSTREAM_RESOLVE: "localhost" goes through the loop's resolver
 	 * (and ::1 first, where nothing listens, then 127.0.0.1). */
 	snprintf(url, sizeof(url), "http://localhost:%d", port);
 	e = base_env(url);

@@ -27,6 +27,7 @@ struct egd_loop {
 	struct defer *defers;
 	size_t defer_len, defer_cap;
 	struct defer on_turn;
+	struct egd_resolver *resolver;
 };
 
 static void run_defers(struct egd_loop *loop);
@@ -58,6 +59,16 @@ void egd_loop_free(struct egd_loop *loop)
 	free(loop->heap);
 	free(loop->defers);
 	free(loop);
+}
+
+struct egd_resolver *egd_loop_resolver(struct egd_loop *loop)
+{
+	return loop->resolver;
+}
+
+void egd_loop_set_resolver(struct egd_loop *loop, struct egd_resolver *r)
+{
+	loop->resolver = r;
 }
 
 int egd_loop_add(struct egd_loop *loop, struct egd_watch *w, uint32_t events)

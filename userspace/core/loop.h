@@ -50,6 +50,15 @@ int egd_loop_defer(struct egd_loop *loop, egd_defer_cb cb, void *arg);
  * work batched over a turn (log lines) is written there, once. */
 void egd_loop_on_turn(struct egd_loop *loop, egd_defer_cb cb, void *arg);
 
+/* The loop's resolver (core/resolve.h), set by egd_resolver_new() and
+ * cleared by egd_resolver_free(); NULL when there is none. Answers must come
+ * back on the loop that asked, so code holding only a loop (the policy proxy
+ * on a worker's loop) finds its resolver here rather than being handed one
+ * that another thread's loop owns. */
+struct egd_resolver;
+struct egd_resolver *egd_loop_resolver(struct egd_loop *loop);
+void egd_loop_set_resolver(struct egd_loop *loop, struct egd_resolver *r);
+
 /* Run until egd_loop_stop(). Returns 0, or -errno if epoll fails. */
 int egd_loop_run(struct egd_loop *loop);
 void egd_loop_stop(struct egd_loop *loop);

@@ -8,10 +8,10 @@
  */
 #include "egress/daemon.h"
 #include "egress/intercept.h"
-#include "egress/resolve.h"
 #include "datapath/cgroup.h"
 #include "datapath/nftmode.h"
 #include "core/log.h"
+#include "core/resolve.h"
 
 #include <arpa/inet.h>
 #include <errno.h>
@@ -531,7 +531,9 @@ out:
 			if (d->workers[i].started)
 				pthread_join(d->workers[i].thread, NULL);
 		egd_audit_flush();
-		/* The proxies' connections live on the workers' loops. */
+		/* The proxies' connections live on the workers' loops, and
+		 * their upstreams may have lookups queued on the workers'
+		 * resolvers: they go first, while both still exist. */
 		egd_intercept_destroy(d->intercept);
 		d->intercept = NULL;
 		for (unsigned int i = 0; i < d->n_workers; i++)

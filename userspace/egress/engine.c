@@ -13,9 +13,9 @@
  */
 #include "egress/daemon.h"
 #include "egress/intercept.h"
-#include "egress/resolve.h"
 #include "datapath/origdst.h"
 #include "core/log.h"
+#include "core/resolve.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -477,9 +477,12 @@ static void dial(struct egd_conn *c, const struct egd_addr *to)
 	/* Completion (or failure) is reported as EPOLLOUT on the new fd. */
 }
 
-static void on_resolved(void *arg, const char *err, const struct egd_addr *addr)
+/* Only the first address is dialled, under the one connect deadline of the
+ * tunnel; the agent's client sees a failure and may retry. */
+static void on_resolved(void *arg, const char *err, const struct egd_resolved *res)
 {
 	struct egd_conn *c = arg;
+	struct egd_addr to;
 
 	c->rreq = NULL;
 	if (err) {
@@ -487,7 +490,8 @@ static void on_resolved(void *arg, const char *err, const struct egd_addr *addr)
 		conn_close(c, err, 1);
 		return;
 	}
-	dial(c, addr);
+	egd_addr_from_sockaddr(&to, (const struct sockaddr *)&res->addr[0]);
+	dial(c, &to);
 }
 
 /* --- decision -------------------------------------------------------------- */
@@ -548,7 +552,7 @@ static void decide_and_act(struct egd_conn *c)
 			c->rreq = egd_resolve(wk->resolver, c->intent.sniff.host,
 					      c->intent.orig.port, on_resolved, c);
 			if (!c->rreq)
-				conn_close(c, "resolver: out of memory", 1);
+				conn_close(c, strerror(errno), 1);
 			return;
 		}
 		dial(c, &c->intent.orig);

@@ -1208,7 +1208,7 @@ struct egd_proxy *egd_proxy_new(struct egd_loop *loop, struct egd_proxy_shared *
 	p->cfg = sh->cfg;
 	p->ca = ca;
 	p->budget = sh->budget;
-	p->up = egd_upstream_new(loop, p->cfg);
+	p->up = egd_upstream_new(loop, egd_loop_resolver(loop), p->cfg);
 	if (!p->up) {
 		int ret = -errno;
 

@@ -4,18 +4,15 @@
  * carries one request at a time (no pipelining towards the upstream: a
  * failure would then be ambiguous for every request queued behind it).
  * Each connection moves through resolve, connect, TLS handshake, active, and
- * idle; one egd_watch follows it, on the resolver's socket while resolving
- * and on the TCP socket after.
+ * idle; while it resolves it waits on the loop's resolver (core/resolve.h)
+ * with no watch of its own, after that one egd_watch follows its socket.
  */
 #include "proxy/upstream.h"
 
 #include <arpa/inet.h>
 #include <errno.h>
-#include <netdb.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
-#include <pthread.h>
-#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -36,23 +33,6 @@
 /* Host header: a DNS name, a colon and a port. */
 #define UP_HOST_HEADER_MAX_BYTES 300
 
-struct up_addrs {
-	struct sockaddr_storage a[EGD_UPSTREAM_MAX_ADDRS];
-	socklen_t len[EGD_UPSTREAM_MAX_ADDRS];
-	size_t n;
-};
-
-/* A getaddrinfo() on a helper thread. Shared by the thread and the
- * connection until both let go; the socketpair wakes the loop. */
-struct dns_job {
-	atomic_int refs;
-	int fds[2]; /* [0] loop side, [1] thread side */
-	char *host;
-	unsigned short port;
-	int err;
-	struct up_addrs addrs;
-};
-
 enum conn_state { C_RESOLVING, C_CONNECTING, C_HANDSHAKE, C_ACTIVE, C_IDLE };
 
 struct uconn {
@@ -64,8 +44,8 @@ struct uconn {
 	uint32_t events;
 	int fd;
 	SSL *ssl;
-	struct dns_job *job;
-	struct up_addrs addrs;
+	struct egd_resolve_req *rreq; /* while C_RESOLVING */
+	struct egd_resolved addrs;
 	size_t addr_idx;
 	struct egd_timer idle_timer;
 	struct egd_upstream_req *req;
@@ -92,12 +72,13 @@ struct egd_upstream_req {
 
 struct egd_upstream {
 	struct egd_loop *loop;
+	struct egd_resolver *resolver;
 	const struct egd_proxy_config *cfg;
 	SSL_CTX *ssl_ctx;
 	char host_header[UP_HOST_HEADER_MAX_BYTES];
 	int is_ip; /* no SNI for an IP literal (RFC 6066) */
 	int fixed; /* UPSTREAM_RESOLVE or an IP literal: never resolve */
-	struct up_addrs addrs;
+	struct egd_resolved addrs;
 	unsigned long long addrs_at_ms;
 	struct uconn *conns;
 	struct uconn *idle;
@@ -168,9 +149,9 @@ static int resolve_override(struct egd_upstream *u, const char *spec)
 		port = strtol(c1 + 1, NULL, 10);
 		if (strcasecmp(ent, u->cfg->upstream_host) || port != u->cfg->upstream_port)
 			continue;
-		for (a = strtok_r(c2 + 1, ",", &asave); a && u->addrs.n < EGD_UPSTREAM_MAX_ADDRS;
+		for (a = strtok_r(c2 + 1, ",", &asave); a && u->addrs.n < EGD_RESOLVE_MAX_ADDRS;
 		     a = strtok_r(NULL, ",", &asave)) {
-			err = addr_parse(a, u->cfg->upstream_port, &u->addrs.a[u->addrs.n],
+			err = addr_parse(a, u->cfg->upstream_port, &u->addrs.addr[u->addrs.n],
 					 &u->addrs.len[u->addrs.n]);
 			if (err)
 				break;
@@ -184,115 +165,35 @@ static int resolve_override(struct egd_upstream *u, const char *spec)
 	return err ? err : found;
 }
 
-static void job_put(struct dns_job *j)
+static void dns_done(void *arg, const char *err, const struct egd_resolved *res)
 {
-	if (atomic_fetch_sub(&j->refs, 1) != 1)
+	struct uconn *c = arg;
+	struct egd_upstream *u = c->u;
+
+	c->rreq = NULL;
+	if (err) {
+		egd_warn("upstream: cannot resolve %s: %s", u->cfg->upstream_host, err);
+		req_fail(c->req, -EHOSTUNREACH);
 		return;
-	if (j->fds[0] >= 0)
-		close(j->fds[0]);
-	if (j->fds[1] >= 0)
-		close(j->fds[1]);
-	free(j->host);
-	free(j);
-}
-
-static void *dns_thread(void *arg)
-{
-	struct addrinfo hints = { .ai_socktype = SOCK_STREAM, .ai_flags = AI_ADDRCONFIG };
-	struct dns_job *j = arg;
-	struct addrinfo *res = NULL, *ai;
-	char port[8];
-	int rc;
-
-	snprintf(port, sizeof(port), "%u", j->port);
-	rc = getaddrinfo(j->host, port, &hints, &res);
-	if (rc)
-		j->err = rc == EAI_SYSTEM ? -errno : -EHOSTUNREACH;
-	for (ai = res; ai && j->addrs.n < EGD_UPSTREAM_MAX_ADDRS; ai = ai->ai_next) {
-		if (ai->ai_addrlen > sizeof(j->addrs.a[0]))
-			continue;
-		memcpy(&j->addrs.a[j->addrs.n], ai->ai_addr, ai->ai_addrlen);
-		j->addrs.len[j->addrs.n++] = ai->ai_addrlen;
 	}
-	if (res)
-		freeaddrinfo(res);
-	if (!rc && !j->addrs.n)
-		j->err = -EHOSTUNREACH;
-	/* The loop may have given up on us: MSG_NOSIGNAL, not SIGPIPE. */
-	(void)!send(j->fds[1], "", 1, MSG_NOSIGNAL);
-	job_put(j);
-	return NULL;
+	u->addrs = *res;
+	u->addrs_at_ms = egd_now_ms();
+	c->addrs = *res;
+	c->addr_idx = 0;
+	if (conn_start_connect(c))
+		req_fail(c->req, -EHOSTUNREACH);
 }
 
 static int dns_start(struct uconn *c)
 {
-	struct dns_job *j = calloc(1, sizeof(*j));
-	pthread_attr_t attr;
-	pthread_t tid;
-	int err;
-
-	if (!j)
-		return -ENOMEM;
-	j->fds[0] = j->fds[1] = -1;
-	atomic_init(&j->refs, 2);
-	j->port = c->u->cfg->upstream_port;
-	j->host = strdup(c->u->cfg->upstream_host);
-	if (!j->host) {
-		err = -ENOMEM;
-		goto err_free;
-	}
-	if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0, j->fds)) {
-		err = -errno;
-		goto err_free;
-	}
-	pthread_attr_init(&attr);
-	pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
-	err = -pthread_create(&tid, &attr, dns_thread, j);
-	pthread_attr_destroy(&attr);
-	if (err)
-		goto err_free;
-	c->job = j;
-	c->state = C_RESOLVING;
-	c->watch.fd = j->fds[0];
-	c->events = EPOLLIN;
-	err = egd_loop_add(c->u->loop, &c->watch, EPOLLIN);
-	if (err) {
-		/* The thread still holds its reference. */
-		c->watch.fd = -1;
-		c->job = NULL;
-		job_put(j);
-		return err;
-	}
-	return 0;
-
-err_free:
-	atomic_init(&j->refs, 1);
-	job_put(j);
-	return err;
-}
-
-static void dns_done(struct uconn *c)
-{
-	struct dns_job *j = c->job;
 	struct egd_upstream *u = c->u;
 
-	egd_loop_del(u->loop, &c->watch);
-	c->watch.fd = -1;
-	c->job = NULL;
-	if (j->err) {
-		egd_warn("upstream: cannot resolve %s: %s", u->cfg->upstream_host,
-			 strerror(-j->err));
-		job_put(j);
-		req_fail(c->req, -EHOSTUNREACH);
-		return;
-	}
-	u->addrs = j->addrs;
-	u->addrs_at_ms = egd_now_ms();
-	c->addrs = j->addrs;
-	job_put(j);
-	c->addr_idx = 0;
-	if (conn_start_connect(c))
-		req_fail(c->req, -EHOSTUNREACH);
+	c->rreq = egd_resolve(u->resolver, u->cfg->upstream_host, htons(u->cfg->upstream_port),
+			      dns_done, c);
+	if (!c->rreq)
+		return -errno;
+	c->state = C_RESOLVING;
+	return 0;
 }
 
 /* ---- TLS ----------------------------------------------------------------- */
@@ -356,8 +257,8 @@ static void conn_close(struct uconn *c)
 		egd_loop_del(u->loop, &c->watch);
 	if (c->closed)
 		*c->closed = 1;
-	if (c->job)
-		job_put(c->job);
+	/* Closed while resolving: the answer must not find it. */
+	egd_resolve_cancel(c->rreq);
 	if (c->ssl)
 		SSL_free(c->ssl);
 	if (c->fd >= 0)
@@ -402,7 +303,7 @@ static int conn_start_connect(struct uconn *c)
 	struct egd_upstream *u = c->u;
 
 	while (c->addr_idx < c->addrs.n) {
-		const struct sockaddr *sa = (const struct sockaddr *)&c->addrs.a[c->addr_idx];
+		const struct sockaddr *sa = (const struct sockaddr *)&c->addrs.addr[c->addr_idx];
 		int one = 1, fd;
 
 		c->addr_idx++;
@@ -715,7 +616,7 @@ static void conn_cb(struct egd_watch *w, uint32_t events)
 
 	switch (c->state) {
 	case C_RESOLVING:
-		dns_done(c);
+		/* No watch while resolving: dns_done() moves it on. */
 		return;
 	case C_IDLE:
 		/* Data or EOF on an idle connection: the server closed it or
@@ -883,7 +784,8 @@ size_t egd_upstream_idle_count(const struct egd_upstream *u)
 	return u->nidle;
 }
 
-struct egd_upstream *egd_upstream_new(struct egd_loop *loop, const struct egd_proxy_config *cfg)
+struct egd_upstream *egd_upstream_new(struct egd_loop *loop, struct egd_resolver *resolver,
+				      const struct egd_proxy_config *cfg)
 {
 	struct egd_upstream *u = calloc(1, sizeof(*u));
 	int err, default_port;
@@ -893,6 +795,7 @@ struct egd_upstream *egd_upstream_new(struct egd_loop *loop, const struct egd_pr
 		return NULL;
 	}
 	u->loop = loop;
+	u->resolver = resolver;
 	u->cfg = cfg;
 	default_port = cfg->upstream_tls ? 443 : 80;
 	if (strchr(cfg->upstream_host, ':'))
@@ -916,7 +819,7 @@ struct egd_upstream *egd_upstream_new(struct egd_loop *loop, const struct egd_pr
 		}
 		u->fixed = found;
 	}
-	if (!u->fixed && addr_parse(cfg->upstream_host, cfg->upstream_port, &u->addrs.a[0],
+	if (!u->fixed && addr_parse(cfg->upstream_host, cfg->upstream_port, &u->addrs.addr[0],
 				    &u->addrs.len[0]) == 0) {
 		u->addrs.n = 1;
 		u->fixed = 1;
@@ -926,6 +829,11 @@ struct egd_upstream *egd_upstream_new(struct egd_loop *loop, const struct egd_pr
 		socklen_t l;
 
 		u->is_ip = addr_parse(cfg->upstream_host, 0, &ss, &l) == 0;
+	}
+	if (!u->fixed && !resolver) {
+		egd_err("upstream: %s needs resolving and this loop has no resolver",
+			cfg->upstream_host);
+		goto err_free;
 	}
 	if (cfg->upstream_tls) {
 		u->ssl_ctx = client_ctx(cfg);

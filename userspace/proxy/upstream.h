@@ -2,8 +2,8 @@
 /*
  * Non-blocking HTTP/1.1 client to the one upstream of the policy proxy
  * (UPSTREAM_BASE_URL), driven by the event loop. The loop never blocks: the
- * name is resolved on a helper thread (or taken from UPSTREAM_RESOLVE or an
- * IP literal), connect and the TLS handshake are non-blocking, and the
+ * name is resolved by the loop's resolver (or taken from UPSTREAM_RESOLVE or
+ * an IP literal) and every address is tried in turn, connect and the TLS handshake are non-blocking, and the
  * response is parsed incrementally with the http1 parser, its body handed to
  * the caller piece by piece so streams are relayed as they arrive.
  *
@@ -19,6 +19,7 @@
 #include <stdint.h>
 
 #include "core/loop.h"
+#include "core/resolve.h"
 #include "proxy/http1.h"
 #include "proxy/proxy_config.h"
 
@@ -27,10 +28,10 @@
 /* An idle connection is closed after this long: servers drop theirs too
  * (nginx's default keepalive_timeout is 75 s). */
 #define EGD_UPSTREAM_IDLE_MS (30 * 1000)
-/* A resolved address is reused this long before asking again. */
+/* A resolved address list is reused this long before asking again. At most
+ * EGD_RESOLVE_MAX_ADDRS addresses are tried per connection, in resolver
+ * order. */
 #define EGD_UPSTREAM_DNS_TTL_MS (60 * 1000)
-/* Addresses tried per connection, in resolver order. */
-#define EGD_UPSTREAM_MAX_ADDRS 8
 /* A response body (or header block) beyond this is refused: the proxy
  * buffers non-streaming answers to account their cost. */
 #define EGD_UPSTREAM_RESPONSE_MAX_BYTES (64 * 1024 * 1024)
@@ -54,9 +55,16 @@ struct egd_upstream_cbs {
 	void (*on_done)(void *ctx, int err);
 };
 
-/* NULL + errno (EINVAL for a bad UPSTREAM_RESOLVE or an unreadable
- * UPSTREAM_CA_FILE). @cfg must outlive the client. */
-struct egd_upstream *egd_upstream_new(struct egd_loop *loop, const struct egd_proxy_config *cfg);
+/*
+ * A client on @loop. @resolver must deliver on @loop (egd_loop_resolver()
+ * gives the loop's own) and outlive the client; it may be NULL when the host
+ * never needs resolving (an IP literal, or UPSTREAM_RESOLVE naming it).
+ * NULL + errno (EINVAL for a bad UPSTREAM_RESOLVE, an unreadable
+ * UPSTREAM_CA_FILE or a name without a resolver). @cfg must outlive the
+ * client.
+ */
+struct egd_upstream *egd_upstream_new(struct egd_loop *loop, struct egd_resolver *resolver,
+				      const struct egd_proxy_config *cfg);
 /* Closes every connection; requests in flight end without callbacks. */
 void egd_upstream_destroy(struct egd_upstream *u);
 
