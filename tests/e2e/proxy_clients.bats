@@ -102,6 +102,26 @@ PY
 	[ "$(grep -c '"method": "POST"' "$T/upstream.jsonl")" -eq 2 ]
 }
 
+@test "a TLS client slow to send its hello still reaches the proxy" {
+	egd_start_proxy
+	# Silent for four times the first-byte wait (250 ms) after connecting,
+	# as a client starved of CPU can be: in the agent phase that is not
+	# taken for a server-speaks-first protocol and refused.
+	run agent python3 - "$T/ca/ca-bundle.crt" $SRV4 <<'PY'
+import socket, ssl, sys, time
+s = socket.create_connection((sys.argv[2], 443), timeout=10)
+time.sleep(1.0)
+ctx = ssl.create_default_context(cafile=sys.argv[1])
+t = ctx.wrap_socket(s, server_hostname="openrouter.ai")
+t.sendall(b"GET /healthz HTTP/1.1\r\nHost: openrouter.ai\r\nConnection: close\r\n\r\n")
+print(t.recv(200).decode().splitlines()[0])
+PY
+	echo "$output"
+	[ "$status" -eq 0 ]
+	[[ "$output" == "HTTP/1.1 200"* ]]
+	audit_has proto=tls host=openrouter.ai verdict=intercept
+}
+
 @test "200 parallel requests at the cap: spend stays within one reservation, the rest is 429" {
 	export MAX_COST_USD=0.01 BUDGET_RESERVE_USD=0.001
 	egd_start_proxy

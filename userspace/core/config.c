@@ -58,7 +58,8 @@ static const struct opt opts[] = {
 	  "ADDR:PORT of an external proxy given intercepted flows untouched "
 	  "(unset: the embedded policy proxy serves them)" },
 	{ "first-byte-ms", "EGRESSD_FIRST_BYTE_MS", "250", OPT_UINT, OFF(first_byte_ms), 1, 60000,
-	  "wait for a client's first byte before deciding without a host" },
+	  "verification phase: wait for a client's first byte before tunnelling it "
+	  "without a host (the agent phase waits for the sniff deadline)" },
 	{ "sniff-timeout-ms", "EGRESSD_SNIFF_TIMEOUT_MS", "5000", OPT_UINT, OFF(sniff_timeout_ms),
 	  1, 600000, "deadline for the whole ClientHello or request head" },
 	{ "connect-timeout-ms", "EGRESSD_CONNECT_TIMEOUT_MS", "10000", OPT_UINT,

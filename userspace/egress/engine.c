@@ -643,6 +643,27 @@ static void on_client(struct egd_watch *w, uint32_t events)
 	}
 }
 
+/*
+ * The first-byte wait tells a server-speaks-first protocol (SSH, SMTP) from a
+ * client that has yet to send its hello, and deciding without a host is
+ * worth it only where that can open something: a tunnel in the verification
+ * phase. In the agent phase a connection without a host is refused whatever
+ * it would say, and a TLS client merely slow to write its ClientHello (a
+ * CPU-starved one, still loading its CA bundle) would be reset on its way to
+ * the intercept host. There a silent client keeps the sniff deadline. 1 when
+ * the timer was re-armed for it.
+ */
+static int silent_wait_more(struct egd_conn *c)
+{
+	unsigned long long deadline = c->start_ms + c->d->cfg.sniff_timeout_ms;
+
+	if (__atomic_load_n(&c->d->phase, __ATOMIC_ACQUIRE) != EGD_PHASE_AGENT ||
+	    egd_now_ms() >= deadline)
+		return 0;
+	egd_timer_arm(c->wk->loop, &c->timer, deadline);
+	return 1;
+}
+
 static void on_timer(struct egd_timer *t)
 {
 	struct egd_conn *c = (struct egd_conn *)((char *)t - offsetof(struct egd_conn, timer));
@@ -651,6 +672,16 @@ static void on_timer(struct egd_timer *t)
 		return;
 	switch (c->state) {
 	case ST_SNIFF:
+		if (!c->len) {
+			/* Timers run after the turn's events: a hello that came in
+			 * during a long turn is in the socket, its event not yet
+			 * taken. Read it rather than call the client silent. */
+			sniff_more(c);
+			if (c->dead || c->state != ST_SNIFF || c->len)
+				return;
+			if (silent_wait_more(c))
+				return;
+		}
 		/* No first byte (a server-speaks-first protocol) or a hello that
 		 * never completed (slowloris): decide on what we have. */
 		if (c->len)
@@ -788,7 +819,16 @@ void egd_engine_phase_changed(struct egd_worker *wk)
 		struct egd_decision now;
 
 		next = c->next;
-		if (c->state == ST_SNIFF || c->dec.verdict == EGD_VERDICT_DENY)
+		if (c->state == ST_SNIFF) {
+			/* A silent client past its first-byte wait was kept
+			 * waiting only because the agent phase would refuse it;
+			 * the verification phase tunnels it now. */
+			if (!c->len && phase != EGD_PHASE_AGENT &&
+			    egd_now_ms() >= c->start_ms + d->cfg.first_byte_ms)
+				decide_and_act(c);
+			continue;
+		}
+		if (c->dec.verdict == EGD_VERDICT_DENY)
 			continue;
 		in = c->intent;
 		in.phase = phase;
