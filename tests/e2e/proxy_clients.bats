@@ -125,20 +125,14 @@ PY
 @test "200 parallel requests at the cap: spend stays within one reservation, the rest is 429" {
 	export MAX_COST_USD=0.01 BUDGET_RESERVE_USD=0.001
 	egd_start_proxy
-	# One curl per request, all at once. A connection that fails before the
-	# request was sent (connect or TLS handshake error: curl exit 7 or 35) is
-	# retried, at most twice: nothing reached the proxy's ledger. A failure
-	# after that (55, 56) is not, and counts as 000.
+	# One curl per request, all at once, none retried: every one is
+	# answered 200 or 429, even when curl is starved of CPU long enough to
+	# be slow with its ClientHello.
 	agent sh -c 'seq 200 | xargs -P 200 -I{} sh -c '\''
-		for try in 1 2 3; do
-			code=$(curl -sS -m 30 -o /dev/null -w "%{http_code}" --cacert "$0/ca/ca-bundle.crt" \
-				--resolve openrouter.ai:443:$1 -H "Authorization: Bearer $2" \
-				-H "Content-Type: application/json" -d "$3" \
-				https://openrouter.ai/api/v1/chat/completions)
-			rc=$?
-			case $rc in 7|35) echo "retry after curl exit $rc" >&2 ;; *) break ;; esac
-		done
-		echo "$code"'\'' "$0" "$1" "$2" "$3"' \
+		curl -sS -m 30 -o /dev/null -w "%{http_code}\n" --cacert "$0/ca/ca-bundle.crt" \
+			--resolve openrouter.ai:443:$1 -H "Authorization: Bearer $2" \
+			-H "Content-Type: application/json" -d "$3" \
+			https://openrouter.ai/api/v1/chat/completions'\'' "$0" "$1" "$2" "$3"' \
 		"$T" $SRV4 "$KEY" "$BODY" >"$T/codes" 2>"$T/curl.err" || true
 	sort "$T/codes" | uniq -c
 	sort "$T/curl.err" | uniq -c | sort -rn | head
@@ -151,11 +145,8 @@ inf = [json.loads(l) for l in open(sys.argv[3])]
 posts = [r for r in map(json.loads, open(sys.argv[4])) if r["method"] == "POST"]
 print(codes, u, len(inf), len(posts))
 assert sum(codes.values()) == 200, codes
-assert set(codes) <= {"200", "429", "000"}, codes
-ok, lost = codes["200"], codes["000"]
-# Connections the kernel or the daemon reset after the request was sent
-# (see the report); tolerated, but not many.
-assert lost <= 10, codes
+assert set(codes) <= {"200", "429"}, codes
+ok = codes["200"]
 # Within the cap plus one reservation, and every admitted request settled
 # at its real cost.
 assert u["total_cost_usd"] <= 0.01 + 0.001 + 1e-9, u
@@ -170,8 +161,8 @@ assert u["total_cost_usd"] >= 0.01 - 1e-9, u
 assert len(inf) == u["requests"] <= 11, (len(inf), u)
 served = sum(1 for r in inf if r["status_code"] == 200)
 withheld = sum(1 for r in inf if r["status_code"] == 429)
-assert served + withheld + lost >= u["requests"], inf
-assert 9 <= served + lost and ok <= served <= ok + lost, (ok, served, inf)
+assert served + withheld == len(inf), inf
+assert 9 <= served and ok == served, (ok, served, inf)
 assert withheld <= u["requests"] - 9, inf
 PY
 	# Nothing is admitted any more.
