@@ -359,6 +359,24 @@ static void trust_ca_for_child(void)
 	setenv("NODE_EXTRA_CA_CERTS", ca, 1);
 }
 
+/*
+ * The daemon needed the proxy's credentials; the command it polices must
+ * not inherit them (a sandboxed agent reading the management key from its
+ * own environment would defeat the proxy). The *_FILE forms name files the
+ * agent may not be able to read, but their paths say where to look.
+ */
+static void hide_secrets_from_child(void)
+{
+	static const char *const secrets[] = {
+		"OPENROUTER_MANAGEMENT_KEY",	      "OPENROUTER_MANAGEMENT_KEY_FILE",
+		"OPENROUTER_UPSTREAM_API_KEY",	      "OPENROUTER_UPSTREAM_API_KEY_FILE",
+		"EGRESSD_CA_KEY_DIR",
+	};
+
+	for (size_t i = 0; i < sizeof(secrets) / sizeof(secrets[0]); i++)
+		unsetenv(secrets[i]);
+}
+
 static int cmd_exec(int argc, char **argv)
 {
 	char cg_root[PATH_MAX], cg[PATH_MAX], self_cg[PATH_MAX], pin[PATH_MAX];
@@ -450,6 +468,7 @@ static int cmd_exec(int argc, char **argv)
 		int err = egd_cgroup_enter(cg, getpid());
 
 		trust_ca_for_child();
+		hide_secrets_from_child();
 
 		if (err) {
 			egd_err("entering %s: %s", cg, strerror(-err));

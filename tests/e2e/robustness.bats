@@ -126,10 +126,16 @@ teardown() {
 	egd_setup_cgroups
 	egd_start_servers
 	run nsenter --net="/run/netns/$NS_A" env EGRESSD_PIN_DIR="$PIN" \
-		EGRESSD_SENTINEL="$T/sentinel" EGRESSD_RESOLVERS=$SRV4 "$EGRESSD" exec -- sh -c \
+		EGRESSD_SENTINEL="$T/sentinel" EGRESSD_RESOLVERS=$SRV4 \
+		OPENROUTER_MANAGEMENT_KEY=mgmt-secret OPENROUTER_UPSTREAM_API_KEY=up-secret \
+		"$EGRESSD" exec -- sh -c \
 		"echo \"trust \$SSL_CERT_FILE \$NODE_EXTRA_CA_CERTS\"; cat /proc/self/cgroup;
+		 env | grep -c secret; cat /proc/self/environ | tr '\\0' '\\n' | grep -c secret;
 		 curl -sS -m 5 -k --resolve example.com:443:$SRV4 https://example.com/; echo rc=\$?"
 	[[ "$output" == *"trust $T/ca/ca-bundle.crt $T/ca/ca.crt"* ]]
+	# The proxy's credentials stayed with the daemon.
+	[[ "$output" != *"mgmt-secret"* ]]
+	[ "$(printf '%s\n' "${lines[@]}" | grep -cx 0)" -eq 2 ]
 	[[ "$output" == *"0::/egressd-exec-"* ]]
 	[[ "$output" == *"rc=35"* ]] # refused: the command was captured
 	[ "$status" -eq 0 ]
