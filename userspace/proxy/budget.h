@@ -32,7 +32,7 @@
 
 /* The syncer's rounds start at most this often: the longest a record
  * written by a busy proxy waits for its fsync, beyond the fsync itself. */
-#define EGD_BUDGET_SYNC_INTERVAL_MS 5
+#define EGD_BUDGET_SYNC_INTERVAL_MS 50
 
 #define EGD_USAGE_FILE_NAME "proxy_usage.json"
 #define EGD_INFERENCES_FILE_NAME "proxy_inferences.jsonl"
