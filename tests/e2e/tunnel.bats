@@ -44,3 +44,15 @@ print("%.2f %d %r" % (time.time() - t, len(out), out[:40]))
 	run agent python3 -c "$PY" $SRV4 80 'GET / HTTP/1.1\r\nHost: exa'
 	[ "${output%% *}" \< "1.00" ]
 }
+
+@test "verification phase: waiting out the first-byte wait does not carry a hello for the intercept host past the proxy" {
+	flip_to_verification
+	# Silent for 0.6 s (past the 250 ms first-byte wait): tunnelled as a
+	# server-speaks-first flow. Then a ClientHello for example.com rides
+	# that tunnel, one for openrouter.ai is refused.
+	run agent python3 "$FIX/client.py" late-tls $SRV4 443 example.com 0.6
+	[[ "$output" == "hello-tls sni=example.com port=443" ]]
+	run agent python3 "$FIX/client.py" late-tls $SRV4 443 openrouter.ai 0.6
+	[[ "$output" != *hello-tls* ]]
+	grep -q 'late hello for an intercepted host' "$T/audit.log"
+}

@@ -81,6 +81,10 @@ struct egd_conn {
 	size_t len, sent;
 	int client_eof_in_sniff;
 
+	/* Tunnelled before the client sent anything (a server-speaks-first
+	 * guess): its first bytes are looked at once more (late_hello()). */
+	int late_check;
+
 	struct egd_resolve_req *rreq;
 	struct dir up, down; /* up: client -> upstream */
 	uint64_t bytes_up, bytes_down;
@@ -265,6 +269,32 @@ static int forward(struct egd_conn *c, struct dir *dr, int dst, const uint8_t *b
 }
 
 /*
+ * A client tunnelled as silent that then speaks: if its first bytes are a
+ * ClientHello (or an HTTP head) for a host the policy intercepts, riding the
+ * tunnel would skip the policy proxy just by waiting out the first-byte
+ * wait. Returns 1 to refuse the flow. A TLS hello that is not whole in the
+ * first read is refused too: the agent's hop is loopback, where a hello
+ * written at once arrives whole, so a split one was split on purpose.
+ */
+static int late_hello(struct egd_conn *c, const uint8_t *buf, size_t len)
+{
+	struct egd_intent in = c->intent;
+	struct egd_decision dec;
+
+	c->late_check = 0;
+	memset(&in.sniff, 0, sizeof(in.sniff));
+	if (egd_sniff(buf, len, &in.sniff) == EGD_SNIFF_MORE) {
+		egd_sniff_finish(buf, len, &in.sniff);
+		return in.sniff.proto == EGD_PROTO_TLS;
+	}
+	if (!in.sniff.host[0])
+		return 0;
+	in.phase = __atomic_load_n(&c->d->phase, __ATOMIC_ACQUIRE);
+	dec = egd_decide(&c->d->cfg.policy, &in);
+	return dec.verdict == EGD_VERDICT_INTERCEPT;
+}
+
+/*
  * Move what is available from @src to @dst: copied while the flow is small,
  * through @dr's pipe with splice() once it is bulk. Returns 0 when blocked
  * (waiting for readiness), 1 when the turn budget ran out, -errno on a
@@ -312,6 +342,9 @@ static int pump(struct egd_conn *c, struct dir *dr, const struct dir *other, int
 			uint8_t buf[RELAY_COPY_BYTES];
 
 			n = recv(src, buf, sizeof(buf), 0);
+			if (n > 0 && dr == &c->up && c->late_check &&
+			    late_hello(c, buf, (size_t)n))
+				return -EACCES;
 			if (n > 0) {
 				err = forward(c, dr, dst, buf, (size_t)n, total);
 				if (err)
@@ -371,6 +404,10 @@ static void relay(struct egd_conn *c)
 	b = a < 0 ? 0 : pump(c, &c->down, &c->up, c->uw.fd, c->cw.fd, &c->bytes_down, &budget);
 	c->wk->m.bytes_up += c->bytes_up - up0;
 	c->wk->m.bytes_down += c->bytes_down - down0;
+	if (a == -EACCES) {
+		conn_close(c, "late hello for an intercepted host", 1);
+		return;
+	}
 	if (a < 0 || b < 0) {
 		c->wk->m.tunnel_errors_reset++;
 		conn_close(c, strerror(-(a < 0 ? a : b)), 1);
@@ -545,6 +582,7 @@ static void decide_and_act(struct egd_conn *c)
 	case EGD_VERDICT_TUNNEL:
 		c->counted_open = 1;
 		wk->m.open_tunnels++;
+		c->late_check = !c->len;
 		if (c->dec.dial_by_name) {
 			c->state = ST_RESOLVE;
 			egd_timer_arm(wk->loop, &c->timer,
