@@ -14,6 +14,7 @@
 #include "egress/daemon.h"
 #include "egress/intercept.h"
 #include "datapath/origdst.h"
+#include "core/counter.h"
 #include "core/log.h"
 #include "core/resolve.h"
 
@@ -181,7 +182,7 @@ static void conn_close(struct egd_conn *c, const char *why, int rst)
 	if (why)
 		audit_conn(c, "close", why, 1);
 	if (c->counted_open)
-		wk->m.open_tunnels--;
+		EGD_COUNTER_DEC(wk->m.open_tunnels);
 	egd_resolve_cancel(c->rreq);
 	egd_timer_cancel(wk->loop, &c->timer);
 	close_fd(&c->cw, rst);
@@ -402,14 +403,14 @@ static void relay(struct egd_conn *c)
 
 	a = pump(c, &c->up, &c->down, c->cw.fd, c->uw.fd, &c->bytes_up, &budget);
 	b = a < 0 ? 0 : pump(c, &c->down, &c->up, c->uw.fd, c->cw.fd, &c->bytes_down, &budget);
-	c->wk->m.bytes_up += c->bytes_up - up0;
-	c->wk->m.bytes_down += c->bytes_down - down0;
+	EGD_COUNTER_ADD(c->wk->m.bytes_up, c->bytes_up - up0);
+	EGD_COUNTER_ADD(c->wk->m.bytes_down, c->bytes_down - down0);
 	if (a == -EACCES) {
 		conn_close(c, "late hello for an intercepted host", 1);
 		return;
 	}
 	if (a < 0 || b < 0) {
-		c->wk->m.tunnel_errors_reset++;
+		EGD_COUNTER_INC(c->wk->m.tunnel_errors_reset);
 		conn_close(c, strerror(-(a < 0 ? a : b)), 1);
 		return;
 	}
@@ -435,13 +436,13 @@ static void replay(struct egd_conn *c)
 		if (n < 0) {
 			if (errno == EAGAIN)
 				return;
-			c->wk->m.tunnel_errors_reset++;
+			EGD_COUNTER_INC(c->wk->m.tunnel_errors_reset);
 			conn_close(c, strerror(errno), 1);
 			return;
 		}
 		c->sent += (size_t)n;
 		c->bytes_up += (uint64_t)n;
-		c->wk->m.bytes_up += (uint64_t)n;
+		EGD_COUNTER_ADD(c->wk->m.bytes_up, (uint64_t)n);
 	}
 	free(c->buf);
 	c->buf = NULL;
@@ -469,7 +470,7 @@ static void on_upstream(struct egd_watch *w, uint32_t events)
 		 * failure needs SO_ERROR to say why. */
 		if (events & (EPOLLERR | EPOLLHUP)) {
 			getsockopt(w->fd, SOL_SOCKET, SO_ERROR, &soerr, &sl);
-			c->wk->m.tunnel_errors_connect++;
+			EGD_COUNTER_INC(c->wk->m.tunnel_errors_connect);
 			conn_close(c, strerror(soerr ? soerr : ECONNREFUSED), 1);
 			return;
 		}
@@ -507,7 +508,7 @@ static void dial(struct egd_conn *c, const struct egd_addr *to)
 	c->state = ST_CONNECT;
 	egd_timer_arm(wk->loop, &c->timer, egd_now_ms() + d->cfg.connect_timeout_ms);
 	if (connect(fd, (struct sockaddr *)&ss, sl) && errno != EINPROGRESS) {
-		wk->m.tunnel_errors_connect++;
+		EGD_COUNTER_INC(wk->m.tunnel_errors_connect);
 		conn_close(c, strerror(errno), 1);
 		return;
 	}
@@ -523,7 +524,7 @@ static void on_resolved(void *arg, const char *err, const struct egd_resolved *r
 
 	c->rreq = NULL;
 	if (err) {
-		c->wk->m.tunnel_errors_connect++;
+		EGD_COUNTER_INC(c->wk->m.tunnel_errors_connect);
 		conn_close(c, err, 1);
 		return;
 	}
@@ -563,7 +564,7 @@ static void decide_and_act(struct egd_conn *c)
 	 * re-judges this connection under the new phase. */
 	c->intent.phase = __atomic_load_n(&d->phase, __ATOMIC_ACQUIRE);
 	c->dec = egd_decide(&d->cfg.policy, &c->intent);
-	wk->m.conns[c->dec.verdict][c->dec.reason]++;
+	EGD_COUNTER_INC(wk->m.conns[c->dec.verdict][c->dec.reason]);
 	audit_conn(c, "decision", c->intent.sniff.error, 0);
 
 	switch (c->dec.verdict) {
@@ -576,12 +577,12 @@ static void decide_and_act(struct egd_conn *c)
 			return;
 		}
 		c->counted_open = 1;
-		wk->m.open_tunnels++;
+		EGD_COUNTER_INC(wk->m.open_tunnels);
 		dial(c, &d->cfg.intercept_upstream);
 		return;
 	case EGD_VERDICT_TUNNEL:
 		c->counted_open = 1;
-		wk->m.open_tunnels++;
+		EGD_COUNTER_INC(wk->m.open_tunnels);
 		c->late_check = !c->len;
 		if (c->dec.dial_by_name) {
 			c->state = ST_RESOLVE;
@@ -723,13 +724,13 @@ static void on_timer(struct egd_timer *t)
 		/* No first byte (a server-speaks-first protocol) or a hello that
 		 * never completed (slowloris): decide on what we have. */
 		if (c->len)
-			c->wk->m.sniff_timeouts++;
+			EGD_COUNTER_INC(c->wk->m.sniff_timeouts);
 		egd_sniff_finish(c->buf, c->len, &c->intent.sniff);
 		decide_and_act(c);
 		return;
 	case ST_RESOLVE:
 	case ST_CONNECT:
-		c->wk->m.tunnel_errors_connect++;
+		EGD_COUNTER_INC(c->wk->m.tunnel_errors_connect);
 		conn_close(c, "connect timeout", 1);
 		return;
 	default:
@@ -771,7 +772,7 @@ static void accept_one(struct egd_listener *l, int fd, const struct sockaddr *pe
 		struct linger lg = { .l_onoff = 1, .l_linger = 0 };
 
 		__atomic_fetch_sub(&d->n_conns, 1, __ATOMIC_RELAXED);
-		wk->m.overload_resets++;
+		EGD_COUNTER_INC(wk->m.overload_resets);
 		setsockopt(fd, SOL_SOCKET, SO_LINGER, &lg, sizeof(lg));
 		close(fd);
 		return;
@@ -872,7 +873,7 @@ void egd_engine_phase_changed(struct egd_worker *wk)
 		in.phase = phase;
 		now = egd_decide(&d->cfg.policy, &in);
 		if (now.verdict != c->dec.verdict) {
-			wk->m.tunnel_closed_phase++;
+			EGD_COUNTER_INC(wk->m.tunnel_closed_phase);
 			conn_close(c, "phase-change", 1);
 		}
 	}
@@ -886,7 +887,7 @@ void egd_engine_idle_scan(struct egd_worker *wk)
 	for (; c; c = next) {
 		next = c->next;
 		if (c->state == ST_RELAY && now - c->last_ms >= idle) {
-			wk->m.tunnel_closed_idle++;
+			EGD_COUNTER_INC(wk->m.tunnel_closed_idle);
 			conn_close(c, "idle-timeout", 0);
 		}
 	}

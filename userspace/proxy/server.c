@@ -28,6 +28,7 @@
 #include <openssl/err.h>
 #include <openssl/ssl.h>
 
+#include "core/counter.h"
 #include "core/log.h"
 #include "proxy/http1.h"
 #include "proxy/policy.h"
@@ -181,7 +182,7 @@ static int queue_owned(struct pconn *c, char *msg, const size_t *n)
 static void count_status(struct pconn *c, int status)
 {
 	if (status > 0 && status < EGD_PROXY_STATUS_MAX)
-		c->p->stats.by_status[status]++;
+		EGD_COUNTER_INC(c->p->stats.by_status[status]);
 }
 
 static void send_detail(struct pconn *c, int status, const char *detail)
@@ -529,7 +530,7 @@ static void upstream_failed(struct pconn *c, int err)
 
 	egd_budget_release(c->p->budget, c->res.reservation_usd);
 	c->res.reserved = 0;
-	c->p->stats.upstream_failures++;
+	EGD_COUNTER_INC(c->p->stats.upstream_failures);
 	send_detail(c, status, msg);
 	log_inference(c, status, NULL, 0, msg);
 }
@@ -593,8 +594,8 @@ static int up_on_head(void *ctx, const struct egd_http_msg *m)
 
 	c->status = m->status;
 	c->ctype = ct ? strdup(ct) : NULL;
-	c->p->stats.upstream_latency_ms_sum += egd_now_ms() - c->upstream_sent_ms;
-	c->p->stats.upstream_latency_count++;
+	EGD_COUNTER_ADD(c->p->stats.upstream_latency_ms_sum, egd_now_ms() - c->upstream_sent_ms);
+	EGD_COUNTER_INC(c->p->stats.upstream_latency_count);
 	c->is_sse = ct && !strncasecmp(ct, "text/event-stream", 17);
 	if (c->is_sse) {
 		c->sse = egd_sse_new(NULL, NULL);
@@ -669,7 +670,7 @@ static void forward(struct pconn *c)
 	};
 
 	c->upstream_sent_ms = egd_now_ms();
-	c->p->stats.upstream_requests++;
+	EGD_COUNTER_INC(c->p->stats.upstream_requests);
 	c->ureq = egd_upstream_send(c->p->up, "POST", c->res.upstream_path, h, 2,
 				    c->res.upstream_body, c->res.upstream_body_len, &up_cbs, c);
 	if (!c->ureq) {
@@ -876,7 +877,7 @@ static void ws_lookup_start(struct egd_proxy *p)
 	h[0].name = "Authorization";
 	h[0].value = auth;
 	p->ws_status = 0;
-	p->stats.workspace_lookups++;
+	EGD_COUNTER_INC(p->stats.workspace_lookups);
 	p->ws_req = egd_upstream_send(p->up, "GET", path, h, 1, NULL, 0, &ws_cbs, p);
 	free(auth);
 	if (!p->ws_req)
