@@ -17,6 +17,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 struct egd_intercept {
 	struct egd_proxy_config cfg;
@@ -123,14 +124,17 @@ int egd_intercept_handoff(struct egd_intercept *ic, unsigned int worker, int fd,
 			  enum egd_proto proto, const char *host, const uint8_t *prefix,
 			  size_t prefix_len)
 {
-	struct egd_proxy *p = ic->proxies[worker < ic->n ? worker : 0];
-	int err;
+	struct egd_proxy *p;
 
+	/* Another worker's proxy would be touched from the wrong thread. */
+	if (worker >= ic->n) {
+		close(fd);
+		return -EINVAL;
+	}
+	p = ic->proxies[worker];
 	if (proto == EGD_PROTO_TLS)
-		err = egd_proxy_serve_tls(p, fd, host[0] ? host : NULL, prefix, prefix_len);
-	else
-		err = egd_proxy_serve_plain(p, fd, prefix, prefix_len);
-	return err;
+		return egd_proxy_serve_tls(p, fd, host[0] ? host : NULL, prefix, prefix_len);
+	return egd_proxy_serve_plain(p, fd, prefix, prefix_len);
 }
 
 char *egd_intercept_metrics(struct egd_intercept *ic)

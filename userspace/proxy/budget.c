@@ -476,6 +476,20 @@ char *egd_inference_line(const struct egd_inference *r)
 
 /* ---- group commit -------------------------------------------------------- */
 
+static int sync_files(struct egd_budget *b, int usage, int inferences)
+{
+	int err = 0;
+
+	if (inferences && b->inferences_fd >= 0 && fdatasync(b->inferences_fd))
+		err = -errno;
+	if (usage) {
+		int e = egd_fsync_path(b->usage_path);
+
+		err = err ? err : e;
+	}
+	return err;
+}
+
 /* The syncer: one fsync per file for everything written since its last
  * round, so N requests finishing during one fsync share the next. */
 static void *syncer_main(void *arg)
@@ -511,13 +525,7 @@ static void *syncer_main(void *arg)
 			next.tv_sec++;
 			next.tv_nsec -= 1000000000L;
 		}
-		if (inferences && b->inferences_fd >= 0 && fdatasync(b->inferences_fd))
-			err = -errno;
-		if (usage) {
-			int e = egd_fsync_path(b->usage_path);
-
-			err = err ? err : e;
-		}
+		err = sync_files(b, usage, inferences);
 		pthread_mutex_lock(&b->mu);
 		b->syncing = 0;
 		if (err && err != b->sync_err)
@@ -539,7 +547,8 @@ static void dirty_locked(struct egd_budget *b, int usage, int inferences)
 		if (pthread_create(&b->syncer, NULL, syncer_main, b) == 0)
 			b->syncer_started = 1;
 		else
-			egd_warn("budget: no syncer thread; files are synced at exit only");
+			egd_warn("budget: no syncer thread; the usage files are fsync'ed "
+				 "only by egd_budget_flush() (at exit)");
 	}
 	/* A busy syncer looks again before it sleeps. */
 	if (b->idle) {
@@ -582,7 +591,7 @@ void egd_budget_mark_dirty(struct egd_budget *b)
 {
 	uint64_t version;
 	char *s = NULL;
-	int err = 0;
+	int err = 0, wrote = 0;
 
 	if (!b->usage_path)
 		return;
@@ -601,12 +610,16 @@ void egd_budget_mark_dirty(struct egd_budget *b)
 	pthread_mutex_unlock(&b->mu);
 	if (s)
 		err = egd_write_file_atomic_sync(b->usage_path, s, strlen(s), 0644, 0);
-	if (s && !err)
+	if (s && !err) {
 		b->written_version = version;
+		wrote = 1;
+	}
 	pthread_mutex_unlock(&b->file_mu);
 	free(s);
 	if (err)
 		egd_warn("budget: cannot write %s: %s", b->usage_path, strerror(-err));
+	if (!wrote)
+		return; /* nothing new on disk to sync */
 	pthread_mutex_lock(&b->mu);
 	dirty_locked(b, 1, 0);
 	pthread_mutex_unlock(&b->mu);
@@ -618,8 +631,12 @@ int egd_budget_flush(struct egd_budget *b)
 
 	pthread_mutex_lock(&b->mu);
 	if (!b->syncer_started) {
+		/* Never started (nothing written), or could not be: sync here. */
+		int usage = b->dirty_usage, inferences = b->dirty_inferences;
+
+		b->dirty_usage = b->dirty_inferences = 0;
 		pthread_mutex_unlock(&b->mu);
-		return 0;
+		return sync_files(b, usage, inferences);
 	}
 	/* Wait for a round that starts after everything written so far. */
 	b->flushers++;

@@ -386,7 +386,7 @@ static void conn_close(struct pconn *c)
 		p->conns = c->next;
 	if (c->next)
 		c->next->prev = c->prev;
-	__atomic_store_n(&p->nconns, p->nconns - 1, __ATOMIC_RELAXED);
+	EGD_COUNTER_DEC(p->nconns);
 	if (egd_loop_defer(p->loop, conn_free, c))
 		egd_warn("proxy: cannot defer a free; leaking one connection");
 }
@@ -446,7 +446,7 @@ static int conn_register(struct pconn *c)
 	if (p->conns)
 		p->conns->prev = c;
 	p->conns = c;
-	__atomic_store_n(&p->nconns, p->nconns + 1, __ATOMIC_RELAXED);
+	EGD_COUNTER_INC(p->nconns);
 	conn_arm_idle(c);
 	return 0;
 }
