@@ -6,6 +6,7 @@
  */
 #include <arpa/inet.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -13,6 +14,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <cmocka.h>
@@ -243,12 +246,54 @@ static void test_proxy_flag_typo_is_refused(void **state)
 {
 	char *typo[] = { "--max-request-byte=5" };
 	char *novalue[] = { "--openrouter-workspace-id" };
+	/* Empty would read as unset: the default, over the variable. */
+	char *empty[] = { "--max-cost-usd=" };
+	char *empty_list[] = { "--resolvers", "" };
 	struct egd_config_run c;
 
 	(void)state;
 	clear_env();
+	setenv("MAX_COST_USD", "5", 1);
 	assert_int_equal(egd_config_load(&c, 1, typo), -EINVAL);
 	assert_int_equal(egd_config_load(&c, 1, novalue), -EINVAL);
+	assert_int_equal(egd_config_load(&c, 1, empty), -EINVAL);
+	assert_int_equal(egd_config_load(&c, 2, empty_list), -EINVAL);
+	clear_env();
+}
+
+/* A secret file that is a pipe, written in two pieces: read to its end,
+ * not cut at the first piece. */
+static void test_proxy_secret_from_fifo(void **state)
+{
+	char dir[] = "/tmp/egd-fifo-XXXXXX", path[64], arg[96];
+	char *argv[] = { arg };
+	char err[EGD_CONFIG_ERR_MAX_BYTES];
+	struct egd_proxy_config pc;
+	pid_t pid;
+
+	(void)state;
+	assert_non_null(mkdtemp(dir));
+	snprintf(path, sizeof(path), "%s/key", dir);
+	assert_int_equal(mkfifo(path, 0600), 0);
+	pid = fork();
+	assert_true(pid >= 0);
+	if (pid == 0) {
+		int fd = open(path, O_WRONLY);
+
+		if (fd < 0 || write(fd, "sk-mg", 5) != 5)
+			_exit(1);
+		usleep(100 * 1000);
+		_exit(write(fd, "mt-2\n", 5) == 5 ? 0 : 1);
+	}
+	snprintf(arg, sizeof(arg), "--openrouter-management-key-file=%s", path);
+	clear_env();
+	assert_int_equal(load_proxy(1, argv, &pc, err), 0);
+	assert_string_equal(pc.management_key, "sk-mgmt-2");
+	egd_proxy_config_free(&pc);
+	waitpid(pid, NULL, 0);
+	unlink(path);
+	rmdir(dir);
+	clear_env();
 }
 
 static void test_proxy_secret_from_file(void **state)
@@ -351,6 +396,7 @@ int main(void)
 		cmocka_unit_test(test_proxy_bad_flag_names_the_flag),
 		cmocka_unit_test(test_proxy_flag_typo_is_refused),
 		cmocka_unit_test(test_proxy_secret_from_file),
+		cmocka_unit_test(test_proxy_secret_from_fifo),
 		cmocka_unit_test(test_resolvers_flag),
 		cmocka_unit_test(test_usage_lists_proxy_settings),
 	};

@@ -429,6 +429,13 @@ int egd_config_load(struct egd_config_run *cfg, int argc, char **argv)
 
 		if (err)
 			return err;
+		/* An empty proxy flag would read as unset, hiding the variable
+		 * and giving the default: refused, as an empty value is for
+		 * the daemon's own settings. */
+		if (v && !*v && (o->type == OPT_PROXY || o->type == OPT_IPLIST)) {
+			egd_err("--%s: empty value (leave the flag out for the default)", o->flag);
+			return -EINVAL;
+		}
 		flag_vals[i] = v;
 		if (v) {
 			from = "flag";

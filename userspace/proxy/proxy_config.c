@@ -196,10 +196,24 @@ static int load_secret(egd_getenv_fn fn, void *ctx, const char *name, char **out
 	if (path) {
 		fd = open(path, O_RDONLY | O_CLOEXEC);
 		if (fd >= 0) {
-			int saved;
+			int saved = 0;
 
-			n = read(fd, buf, sizeof(buf));
-			saved = errno;
+			/* Until end of file: a pipe or FIFO (<(...)) may come
+			 * in pieces, and a short read would cut the key. */
+			while ((size_t)n < sizeof(buf)) {
+				ssize_t r = read(fd, buf + n, sizeof(buf) - (size_t)n);
+
+				if (r < 0 && errno == EINTR)
+					continue;
+				if (r <= 0) {
+					if (r < 0) {
+						saved = errno;
+						n = -1;
+					}
+					break;
+				}
+				n += r;
+			}
 			close(fd);
 			errno = saved;
 		}
