@@ -782,6 +782,7 @@ static int make_addr(const char *ip, uint16_t port, struct sockaddr_storage *ss,
 	struct sockaddr_in6 *a6 = (struct sockaddr_in6 *)ss;
 
 	memset(ss, 0, sizeof(*ss));
+	*len = 0;
 	if (inet_pton(AF_INET, ip, &a4->sin_addr) == 1) {
 		a4->sin_family = AF_INET;
 		a4->sin_port = htons(port);

@@ -432,15 +432,17 @@ static void *settle_and_log(void *arg)
 	struct egd_inference rec = { .endpoint = "/api/v1/chat/completions",
 				     .model = "a/b",
 				     .status_code = 200 };
+	char *line;
 	double r;
 
 	for (int i = 0; i < w->n; i++) {
 		if (egd_budget_admit(w->b, &r))
 			abort();
 		egd_budget_settle(w->b, r, "a/b", 0.001, 1, 2);
-		if (egd_budget_queue_inference(w->b, &rec))
+		line = egd_inference_line(&rec);
+		if (!line || egd_budget_commit(w->b, line, strlen(line)))
 			abort();
-		egd_budget_mark_dirty(w->b);
+		free(line);
 	}
 	return NULL;
 }

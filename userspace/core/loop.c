@@ -13,6 +13,8 @@
 #define LOOP_EVENTS_PER_WAIT 256
 /* Upper bound on one sleep, so the loop never misses a stop request. */
 #define LOOP_MAX_SLEEP_MS 1000
+/* End-of-turn hooks: the audit log and the policy proxy's commit. */
+#define LOOP_ON_TURN_MAX 4
 
 struct defer {
 	egd_defer_cb cb;
@@ -26,7 +28,8 @@ struct egd_loop {
 	size_t heap_len, heap_cap;
 	struct defer *defers;
 	size_t defer_len, defer_cap;
-	struct defer on_turn;
+	struct defer on_turn[LOOP_ON_TURN_MAX];
+	size_t on_turn_len;
 	struct egd_resolver *resolver;
 };
 
@@ -222,9 +225,24 @@ static void run_defers(struct egd_loop *loop)
 	free(batch);
 }
 
-void egd_loop_on_turn(struct egd_loop *loop, egd_defer_cb cb, void *arg)
+int egd_loop_on_turn(struct egd_loop *loop, egd_defer_cb cb, void *arg)
 {
-	loop->on_turn = (struct defer){ cb, arg };
+	if (loop->on_turn_len == LOOP_ON_TURN_MAX)
+		return -ENOSPC;
+	loop->on_turn[loop->on_turn_len++] = (struct defer){ cb, arg };
+	return 0;
+}
+
+void egd_loop_on_turn_remove(struct egd_loop *loop, egd_defer_cb cb, void *arg)
+{
+	for (size_t i = 0; i < loop->on_turn_len; i++) {
+		if (loop->on_turn[i].cb == cb && loop->on_turn[i].arg == arg) {
+			memmove(&loop->on_turn[i], &loop->on_turn[i + 1],
+				(loop->on_turn_len - i - 1) * sizeof(loop->on_turn[0]));
+			loop->on_turn_len--;
+			return;
+		}
+	}
 }
 
 int egd_loop_run(struct egd_loop *loop)
@@ -256,8 +274,8 @@ int egd_loop_run(struct egd_loop *loop)
 		}
 		run_defers(loop);
 		run_timers(loop);
-		if (loop->on_turn.cb)
-			loop->on_turn.cb(loop->on_turn.arg);
+		for (size_t i = 0; i < loop->on_turn_len; i++)
+			loop->on_turn[i].cb(loop->on_turn[i].arg);
 	}
 	return 0;
 }

@@ -47,8 +47,10 @@ typedef void (*egd_defer_cb)(void *arg);
 int egd_loop_defer(struct egd_loop *loop, egd_defer_cb cb, void *arg);
 
 /* Call @cb(@arg) at the end of every turn, before the loop sleeps again:
- * work batched over a turn (log lines) is written there, once. */
-void egd_loop_on_turn(struct egd_loop *loop, egd_defer_cb cb, void *arg);
+ * work batched over a turn (log lines, the proxy's usage files) is written
+ * there, once. A few hooks per loop: -ENOSPC past them. */
+int egd_loop_on_turn(struct egd_loop *loop, egd_defer_cb cb, void *arg);
+void egd_loop_on_turn_remove(struct egd_loop *loop, egd_defer_cb cb, void *arg);
 
 /* The loop's resolver (core/resolve.h), set by egd_resolver_new() and
  * cleared by egd_resolver_free(); NULL when there is none. Answers must come

@@ -347,7 +347,9 @@ static int worker_setup(struct egd_daemon *d, struct egd_worker *wk)
 	wk->loop = wk->id ? egd_loop_new() : d->loop;
 	if (!wk->loop)
 		return -errno;
-	egd_loop_on_turn(wk->loop, on_turn, NULL);
+	err = egd_loop_on_turn(wk->loop, on_turn, NULL);
+	if (err)
+		return err;
 	wk->resolver = egd_resolver_new(wk->loop);
 	if (!wk->resolver) {
 		err = -errno;

@@ -557,48 +557,33 @@ static void dirty_locked(struct egd_budget *b, int usage, int inferences)
 	}
 }
 
-int egd_budget_queue_inference(struct egd_budget *b, const struct egd_inference *r)
+/* One write on O_APPEND: lines from several threads never interleave. */
+static int append_lines(struct egd_budget *b, const char *lines, size_t len)
 {
-	char *line;
-	int err = 0;
+	int fd;
 
-	if (!b->inferences_path)
-		return 0;
-	line = egd_inference_line(r);
-	if (!line)
-		return -errno;
-	/* One write on O_APPEND: lines from several threads never
-	 * interleave. Written now, before the answer leaves, so a killed
-	 * daemon has it; the syncer makes it durable against a crash of the
-	 * machine. */
 	pthread_mutex_lock(&b->mu);
 	if (b->inferences_fd < 0)
 		b->inferences_fd = open(b->inferences_path,
 					O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0644);
-	if (b->inferences_fd < 0)
-		err = -errno;
+	fd = b->inferences_fd;
 	pthread_mutex_unlock(&b->mu);
-	if (!err)
-		err = egd_write_all(b->inferences_fd, line, strlen(line));
-	free(line);
-	pthread_mutex_lock(&b->mu);
-	dirty_locked(b, 0, 1);
-	pthread_mutex_unlock(&b->mu);
-	return err;
+	if (fd < 0)
+		return -errno;
+	return egd_write_all(fd, lines, len);
 }
 
-void egd_budget_mark_dirty(struct egd_budget *b)
+/* Put the newest state in the usage file unless another thread already
+ * did; 1 when this call wrote it, 0 when it had no need, or -errno. */
+static int write_usage(struct egd_budget *b)
 {
 	uint64_t version;
 	char *s = NULL;
-	int err = 0, wrote = 0;
+	int err = 0;
 
-	if (!b->usage_path)
-		return;
 	pthread_mutex_lock(&b->file_mu);
 	pthread_mutex_lock(&b->mu);
 	version = b->version;
-	/* Another thread already wrote this state, or a newer one. */
 	if (version != b->written_version) {
 		json_t *o = egd_ledger_usage_json(&b->l, b->run_id);
 
@@ -608,21 +593,35 @@ void egd_budget_mark_dirty(struct egd_budget *b)
 			err = -ENOMEM;
 	}
 	pthread_mutex_unlock(&b->mu);
-	if (s)
+	if (s) {
 		err = egd_write_file_atomic_sync(b->usage_path, s, strlen(s), 0644, 0);
-	if (s && !err) {
-		b->written_version = version;
-		wrote = 1;
+		if (!err)
+			b->written_version = version;
 	}
 	pthread_mutex_unlock(&b->file_mu);
 	free(s);
-	if (err)
-		egd_warn("budget: cannot write %s: %s", b->usage_path, strerror(-err));
-	if (!wrote)
-		return; /* nothing new on disk to sync */
-	pthread_mutex_lock(&b->mu);
-	dirty_locked(b, 1, 0);
-	pthread_mutex_unlock(&b->mu);
+	return err ? err : s != NULL;
+}
+
+int egd_budget_commit(struct egd_budget *b, const char *lines, size_t len)
+{
+	int err = 0, wrote = 0, ret;
+
+	if (len && b->inferences_path)
+		err = append_lines(b, lines, len);
+	if (b->usage_path) {
+		ret = write_usage(b);
+		if (ret < 0)
+			err = err ? err : ret;
+		else
+			wrote = ret;
+	}
+	if ((len && b->inferences_path) || wrote) {
+		pthread_mutex_lock(&b->mu);
+		dirty_locked(b, wrote, len && b->inferences_path);
+		pthread_mutex_unlock(&b->mu);
+	}
+	return err;
 }
 
 int egd_budget_flush(struct egd_budget *b)

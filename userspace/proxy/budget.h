@@ -136,18 +136,19 @@ struct egd_inference {
 char *egd_inference_line(const struct egd_inference *r);
 
 /*
- * Group commit for a busy proxy, from any thread. Each request's inference
- * line is appended (one write on an O_APPEND descriptor kept open) and the
- * usage file rewritten (temp file swapped in) at once, before its answer
- * leaves, so a daemon killed at any point loses nothing it answered. The
- * fsyncs that guard against a crash of the machine run on a syncer thread,
- * one per file for every request written while the previous one ran; the
- * event loops never wait for the disk. destroy() flushes.
+ * Group commit for a busy proxy, from any thread. The caller holds back the
+ * answers of the requests it settled, gathers their inference lines, and
+ * commits them here once for many (the policy proxy: once per event-loop
+ * turn): the lines are appended (one write on an O_APPEND descriptor kept
+ * open) and the usage file rewritten with the newest state (temp file
+ * swapped in; skipped when another thread already wrote that state). Only
+ * then do the answers leave, so a daemon killed at any point loses nothing
+ * it answered. The fsyncs that guard against a crash of the machine run on a
+ * syncer thread, one per file per round; the event loops never wait for the
+ * disk. destroy() flushes. @len may be 0 (usage file only). 0 or the first
+ * -errno.
  */
-int egd_budget_queue_inference(struct egd_budget *b, const struct egd_inference *r);
-/* Rewrite the usage file now (newest state wins across threads), without
- * fsync. */
-void egd_budget_mark_dirty(struct egd_budget *b);
+int egd_budget_commit(struct egd_budget *b, const char *lines, size_t len);
 /* Wait until everything written so far is fsync'ed; the last round's
  * error, or 0. */
 int egd_budget_flush(struct egd_budget *b);

@@ -502,6 +502,9 @@ static SSL_CTX *make_server_ctx(struct egd_ca *ca, const char *host, time_t *not
 	SSL_CTX_set_min_proto_version(ctx, TLS1_2_VERSION);
 	SSL_CTX_set_options(ctx, SSL_OP_NO_RENEGOTIATION);
 	SSL_CTX_set_mode(ctx, SSL_MODE_ENABLE_PARTIAL_WRITE | SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER);
+	/* Whole records in one read(), and a short one means drained
+	 * (sockbio.h). */
+	SSL_CTX_set_read_ahead(ctx, 1);
 	if (SSL_CTX_use_certificate(ctx, x) != 1 || SSL_CTX_use_PrivateKey(ctx, key) != 1 ||
 	    SSL_CTX_add1_chain_cert(ctx, ca->cert) != 1)
 		goto err;

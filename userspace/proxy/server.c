@@ -32,6 +32,7 @@
 #include "core/log.h"
 #include "proxy/http1.h"
 #include "proxy/policy.h"
+#include "proxy/sockbio.h"
 #include "proxy/sse.h"
 #include "proxy/upstream.h"
 #include "proxy/usage.h"
@@ -72,6 +73,8 @@ struct pconn {
 	int dead;
 	int in_ucb;
 	int in_process; /* conn_process() is on the stack: it will go on */
+	int held;	 /* output waits for the turn's commit (proxy_commit()) */
+	struct pconn *held_next;
 
 	/* The request being answered. */
 	struct egd_policy_result res;
@@ -122,6 +125,12 @@ struct egd_proxy {
 	char *ws_body;
 	size_t ws_len;
 	struct pconn *ws_waiters;
+	/* Answers whose inference lines (in pend) must be on disk before they
+	 * leave: committed once at the end of the loop's turn. */
+	struct pconn *held;
+	uint8_t *pend;
+	size_t pend_len, pend_cap;
+	int commit_err; /* the last commit's error, logged when it changes */
 	/* Written by this proxy's thread only; read with relaxed loads. */
 	struct egd_proxy_stats stats;
 };
@@ -204,7 +213,7 @@ static int prefix_drained(struct pconn *c)
 
 	if (!c->prefix_rbio || BIO_ctrl_pending(SSL_get_rbio(c->ssl)))
 		return 0;
-	sock = BIO_new_socket(c->watch.fd, BIO_NOCLOSE);
+	sock = egd_sockbio_new(c->watch.fd);
 	if (!sock)
 		return 0;
 	SSL_set0_rbio(c->ssl, sock);
@@ -263,6 +272,8 @@ static ssize_t conn_write(struct pconn *c, const void *buf, size_t len)
 
 static void conn_flush(struct pconn *c)
 {
+	if (c->held)
+		return; /* proxy_commit() flushes it */
 	while (!c->dead && !c->handshaking && c->out_off < c->out_len) {
 		ssize_t n = conn_write(c, c->out + c->out_off, c->out_len - c->out_off);
 
@@ -299,7 +310,7 @@ static void conn_update_events(struct pconn *c)
 		 * connection is ending. */
 		if (!c->close_after && !c->peer_eof && c->in_len < EGD_PROXY_PIPELINE_MAX_BYTES)
 			ev |= EPOLLIN;
-		if (c->out_off < c->out_len || c->ssl_want_write)
+		if ((c->out_off < c->out_len && !c->held) || c->ssl_want_write)
 			ev |= EPOLLOUT;
 	}
 	if (ev != c->events && !egd_loop_mod(c->p->loop, &c->watch, ev))
@@ -354,6 +365,20 @@ static void ws_unwait(struct pconn *c)
 	c->ws_next = NULL;
 }
 
+static void unhold(struct pconn *c)
+{
+	struct pconn **pp;
+
+	for (pp = &c->p->held; *pp; pp = &(*pp)->held_next) {
+		if (*pp == c) {
+			*pp = c->held_next;
+			break;
+		}
+	}
+	c->held = 0;
+	c->held_next = NULL;
+}
+
 static void conn_close(struct pconn *c)
 {
 	struct egd_proxy *p = c->p;
@@ -369,6 +394,8 @@ static void conn_close(struct pconn *c)
 	c->ureq = NULL;
 	if (c->ws_waiting)
 		ws_unwait(c);
+	if (c->held)
+		unhold(c);
 	request_reset(c);
 	/* A close_notify tells the agent the end is deliberate; one
 	 * non-blocking attempt, no waiting for the peer's. */
@@ -453,13 +480,17 @@ static int conn_register(struct pconn *c)
 
 /* ---- answering ------------------------------------------------------------ */
 
+/* Record the request's outcome. The line is committed with the others of
+ * this loop turn, and @c's output waits for it (proxy_commit()). */
 static void log_inference(struct pconn *c, int status, const struct egd_usage *u, double cost,
 			  const char *error)
 {
+	struct egd_proxy *p = c->p;
 	struct egd_inference r = { 0 };
 	struct egd_ledger snap;
+	char *line;
 
-	egd_budget_snapshot(c->p->budget, &snap);
+	egd_budget_snapshot(p->budget, &snap);
 	r.endpoint = c->endpoint;
 	r.model = c->res.model;
 	r.status_code = status;
@@ -470,8 +501,44 @@ static void log_inference(struct pconn *c, int status, const struct egd_usage *u
 	r.cost_usd = cost;
 	r.latency_ms = (int64_t)(egd_now_ms() - c->started_ms);
 	r.error = error;
-	if (egd_budget_queue_inference(c->p->budget, &r))
+	line = egd_inference_line(&r);
+	if (!line || buf_append(&p->pend, &p->pend_len, &p->pend_cap, line, strlen(line)))
 		egd_warn("proxy: cannot queue an inference line");
+	free(line);
+	if (!c->dead && !c->held) {
+		c->held = 1;
+		c->held_next = p->held;
+		p->held = c;
+	}
+}
+
+/* End of the loop's turn: the turn's inference lines and the newest ledger
+ * go to disk in one commit, then the answers they describe leave. */
+static void proxy_commit(void *arg)
+{
+	struct egd_proxy *p = arg;
+	struct pconn *c, *next;
+	int err;
+
+	if (!p->held && !p->pend_len)
+		return;
+	err = egd_budget_commit(p->budget, (const char *)p->pend, p->pend_len);
+	p->pend_len = 0;
+	if (err != p->commit_err) {
+		if (err)
+			egd_warn("proxy: cannot write the usage files: %s", strerror(-err));
+		else
+			egd_info("proxy: the usage files are written again");
+		p->commit_err = err;
+	}
+	c = p->held;
+	p->held = NULL;
+	for (; c; c = next) {
+		next = c->held_next;
+		c->held = 0;
+		c->held_next = NULL;
+		conn_flush(c);
+	}
 }
 
 /* The answer is queued: forget the request, read the next one. */
@@ -501,7 +568,6 @@ static int settle(struct pconn *c, const struct egd_usage *u, int status, double
 	over = egd_budget_settle(c->p->budget, c->res.reservation_usd, c->res.model, *cost,
 				 u->prompt_tokens, u->completion_tokens);
 	c->res.reserved = 0;
-	egd_budget_mark_dirty(c->p->budget);
 	return over > 0;
 }
 
@@ -914,6 +980,18 @@ static void conn_handshake(struct pconn *c)
 	conn_close(c);
 }
 
+/* The socket is known empty after a read of @n bytes into a buffer of
+ * @len: a short read with nothing left inside OpenSSL. The loop is
+ * level-triggered, so skipping the read that would say EAGAIN loses
+ * nothing. */
+static int conn_drained(struct pconn *c, size_t n, size_t len)
+{
+	if (!c->ssl)
+		return n < len;
+	return !c->prefix_rbio && !SSL_has_pending(c->ssl) &&
+	       egd_sockbio_drained(SSL_get_rbio(c->ssl));
+}
+
 static void conn_read_all(struct pconn *c)
 {
 	uint8_t buf[SRV_READ_CHUNK_BYTES];
@@ -942,6 +1020,8 @@ static void conn_read_all(struct pconn *c)
 		}
 		if (!c->busy)
 			conn_arm_idle(c);
+		if (conn_drained(c, (size_t)n, sizeof(buf)))
+			break;
 	}
 }
 
@@ -1020,8 +1100,8 @@ int egd_proxy_serve_tls(struct egd_proxy *p, int fd, const char *sni, const uint
 		goto err_free;
 	/* OpenSSL reads the ClientHello the daemon already took off the
 	 * socket from memory, then the socket itself (prefix_drained()). */
-	rbio = prefix_len ? BIO_new(BIO_s_mem()) : BIO_new_socket(fd, BIO_NOCLOSE);
-	wbio = BIO_new_socket(fd, BIO_NOCLOSE);
+	rbio = prefix_len ? BIO_new(BIO_s_mem()) : egd_sockbio_new(fd);
+	wbio = egd_sockbio_new(fd);
 	if (!rbio || !wbio)
 		goto err_bio;
 	if (prefix_len) {
@@ -1218,6 +1298,13 @@ struct egd_proxy *egd_proxy_new(struct egd_loop *loop, struct egd_proxy_shared *
 		errno = -ret;
 		return NULL;
 	}
+	if (egd_loop_on_turn(loop, proxy_commit, p)) {
+		snprintf(err, errlen, "no room for the proxy's end-of-turn hook");
+		egd_upstream_destroy(p->up);
+		free(p);
+		errno = ENOSPC;
+		return NULL;
+	}
 	/* Checked once at start, so the first request rarely waits. */
 	pthread_mutex_lock(&sh->mu);
 	first = !sh->first_lookup;
@@ -1232,8 +1319,15 @@ void egd_proxy_destroy(struct egd_proxy *p)
 {
 	if (!p)
 		return;
+	/* What was answered this turn is recorded before anything closes. */
+	proxy_commit(p);
+	egd_loop_on_turn_remove(p->loop, proxy_commit, p);
 	while (p->conns)
 		conn_close(p->conns);
+	/* Closing charged any request still upstream: record those too. */
+	if (p->pend_len && egd_budget_commit(p->budget, (const char *)p->pend, p->pend_len))
+		egd_warn("proxy: the last inference lines could not be written");
+	free(p->pend);
 	/* conn_close() deferred the frees; they run with the loop's next
 	 * turn, or when the loop is freed. */
 	while (p->listeners) {

@@ -25,6 +25,7 @@
 #include <openssl/x509v3.h>
 
 #include "core/log.h"
+#include "proxy/sockbio.h"
 
 #define container_of(ptr, type, member) ((type *)((char *)(ptr)-offsetof(type, member)))
 
@@ -207,6 +208,8 @@ static SSL_CTX *client_ctx(const struct egd_proxy_config *cfg)
 		return NULL;
 	SSL_CTX_set_min_proto_version(ctx, TLS1_2_VERSION);
 	SSL_CTX_set_mode(ctx, SSL_MODE_ENABLE_PARTIAL_WRITE | SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER);
+	/* Whole records in one read(), and a short one means drained. */
+	SSL_CTX_set_read_ahead(ctx, 1);
 	SSL_CTX_set_verify(ctx, SSL_VERIFY_PEER, NULL);
 	if (SSL_CTX_set_default_verify_paths(ctx) != 1)
 		egd_warn("upstream: no system trust store");
@@ -333,9 +336,15 @@ static int conn_start_tls(struct uconn *c)
 {
 	struct egd_upstream *u = c->u;
 
+	BIO *b;
+
 	c->ssl = SSL_new(u->ssl_ctx);
-	if (!c->ssl || SSL_set_fd(c->ssl, c->fd) != 1)
+	if (!c->ssl)
 		return -ENOMEM;
+	b = egd_sockbio_new(c->fd);
+	if (!b)
+		return -ENOMEM;
+	SSL_set_bio(c->ssl, b, b);
 	if (!u->is_ip && SSL_set_tlsext_host_name(c->ssl, u->cfg->upstream_host) != 1)
 		return -ENOMEM;
 	/* The chain alone is not enough: the name must be the upstream's. */
@@ -545,6 +554,22 @@ static void req_feed(struct egd_upstream_req *r, const uint8_t *buf, size_t len)
 	}
 }
 
+/* Write what the socket takes of @r's request; 0 (done or would block) or
+ * a negative errno. */
+static int req_write(struct egd_upstream_req *r)
+{
+	while (r->out_off < r->out_len) {
+		ssize_t n = conn_write(r->c, r->out + r->out_off, r->out_len - r->out_off);
+
+		if (n == -EAGAIN)
+			return 0;
+		if (n < 0)
+			return (int)n;
+		r->out_off += (size_t)n;
+	}
+	return 0;
+}
+
 static void conn_active_io(struct uconn *c)
 {
 	struct egd_upstream_req *r = c->req;
@@ -556,15 +581,9 @@ static void conn_active_io(struct uconn *c)
 		conn_close(c);
 		return;
 	}
-	while (r->out_off < r->out_len) {
-		n = conn_write(c, r->out + r->out_off, r->out_len - r->out_off);
-		if (n == -EAGAIN)
-			break;
-		if (n < 0) {
-			req_error(r, -EPIPE);
-			return;
-		}
-		r->out_off += (size_t)n;
+	if (req_write(r)) {
+		req_error(r, -EPIPE);
+		return;
 	}
 	c->ssl_want_write = 0;
 	for (;;) {
@@ -604,6 +623,11 @@ static void conn_active_io(struct uconn *c)
 		c->closed = NULL;
 		if (c->req != r)
 			return;
+		/* A short read with nothing left inside OpenSSL: the socket
+		 * is empty, and the level-triggered loop reports the rest. */
+		if (c->ssl ? !SSL_has_pending(c->ssl) && egd_sockbio_drained(SSL_get_rbio(c->ssl))
+			   : (size_t)n < sizeof(buf))
+			break;
 	}
 	conn_set_events(c, EPOLLIN | (r->out_off < r->out_len || c->ssl_want_write ? EPOLLOUT : 0));
 }
@@ -688,7 +712,13 @@ static int req_attach(struct egd_upstream_req *r)
 		c->state = C_ACTIVE;
 		c->req = r;
 		r->c = c;
-		conn_set_events(c, EPOLLIN | EPOLLOUT);
+		/* Write now: an idle connection takes a small request at once,
+		 * and waiting for EPOLLOUT costs a loop turn and two
+		 * epoll_ctl() per request. A failure is left for the loop to
+		 * find (EPOLLOUT fires at once on a broken socket), so no
+		 * callback runs inside egd_upstream_send(). */
+		if (req_write(r) || r->out_off < r->out_len || c->ssl_want_write)
+			conn_set_events(c, EPOLLIN | EPOLLOUT);
 		return 0;
 	}
 	c = conn_new(u);
