@@ -20,6 +20,8 @@
 #include <jansson.h>
 
 #include "proxy/budget.h"
+#include "proxy/jsonw.h"
+#include "proxy/usage.h"
 #include "core/fsutil.h"
 
 #define EPS 1e-12
@@ -421,6 +423,146 @@ static void test_inference_line_has_reference_fields(void **state)
 	free(line);
 }
 
+/* The record writer and jansson agree byte for byte on reals: the digits
+ * rule, ".0" on integral values, the exponent without "+" or zeros. */
+static void test_jsonw_reals_match_jansson(void **state)
+{
+	static const double cases[] = {
+		0.0, 1.0, 0.5, 0.7, 0.001, 1e-10, 1e-5, 1e20, 1e100, 1.5e-300, 5e-324,
+		123456789012345678.0, 0.1 + 0.2, 1.0 / 3.0, 999999999.999, 9999.0, 2.5e15,
+		1e15, 1e16, 1e17, 1e21, 0.000123456789012345678,
+	};
+
+	(void)state;
+	for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+		for (int digits = 15; digits <= 17; digits += 2) {
+			json_t *o = json_pack("[f]", cases[i]);
+			char *want = json_dumps(o, JSON_COMPACT | JSON_REAL_PRECISION(digits));
+			struct egd_jw w;
+			char *got;
+
+			egd_jw_init(&w, digits);
+			egd_jw_raw(&w, "[", 1);
+			egd_jw_real(&w, cases[i]);
+			egd_jw_raw(&w, "]", 1);
+			got = egd_jw_take(&w);
+			assert_non_null(got);
+			assert_string_equal(got, want);
+			free(got);
+			free(want);
+			json_decref(o);
+		}
+	}
+}
+
+/* A string jansson would escape beyond \" and \\ fails the writer, so the
+ * caller falls back; quotes and backslashes are escaped as jansson does. */
+static void test_jsonw_strings(void **state)
+{
+	struct egd_jw w;
+	char *got;
+
+	(void)state;
+	egd_jw_init(&w, 15);
+	egd_jw_str(&w, "a\"b\\c/d");
+	got = egd_jw_take(&w);
+	assert_string_equal(got, "\"a\\\"b\\\\c/d\"");
+	free(got);
+	egd_jw_init(&w, 15);
+	egd_jw_str(&w, "line\nbreak");
+	assert_null(egd_jw_take(&w));
+	egd_jw_init(&w, 15);
+	egd_jw_str(&w, "caf\xc3\xa9");
+	assert_null(egd_jw_take(&w));
+}
+
+/* The inference line written from the fields is the jansson line, for
+ * plain names, names with quotes, names jansson must escape (the fallback),
+ * nulls and empty strings, and reals that need 17 digits. */
+static void test_inference_line_fast_matches_jansson(void **state)
+{
+	static const char *const names[] = { "a/b", "", "quo\"te\\back", "new\nline",
+					     "caf\xc3\xa9", NULL };
+	static const double reals[] = { 0.002, 0.1 + 0.2, 0, 1e-10, 1e20, 999999999.999 };
+	struct egd_usage u = { .has_cost = 1, .prompt_tokens = 12, .completion_tokens = 34 };
+	struct egd_inference rec = {
+		.endpoint = "/api/v1/chat/completions",
+		.status_code = 200,
+		.timestamp = { .tv_sec = 1767225600, .tv_nsec = 123456789 },
+		.usage = &u,
+		.latency_ms = 321,
+	};
+
+	(void)state;
+	for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++) {
+		for (size_t j = 0; j < sizeof(reals) / sizeof(reals[0]); j++) {
+			char *fast, *slow;
+
+			rec.model = names[i];
+			rec.error = names[(i + 1) % 6];
+			rec.usage = j % 2 ? &u : NULL;
+			snprintf(u.model, sizeof(u.model), "%s", names[(i + 2) % 6] ?: "");
+			snprintf(u.provider, sizeof(u.provider), "%s", names[(i + 3) % 6] ?: "");
+			snprintf(u.generation_id, sizeof(u.generation_id), "%s",
+				 names[(i + 4) % 6] ?: "");
+			rec.total_cost_usd = reals[j];
+			rec.budget_remaining_usd = reals[(j + 1) % 6];
+			rec.cost_usd = reals[(j + 2) % 6];
+			fast = egd_inference_line(&rec);
+			slow = egd_inference_line_json(&rec);
+			assert_non_null(fast);
+			assert_non_null(slow);
+			assert_string_equal(fast, slow);
+			free(fast);
+			free(slow);
+		}
+	}
+}
+
+/* The usage summary written without a tree is egd_json_dumps() of the
+ * tree, as settled, with names that need escaping, and as restored from a
+ * file whose model entries hold other fields. */
+static void test_usage_text_matches_jansson(void **state)
+{
+	static const char *const models[] = { "a/b", "quo\"te", "new\nline", "caf\xc3\xa9",
+					      "" };
+	struct egd_ledger l;
+	char *fast, *slow, err[256];
+	json_t *o, *restored;
+	double r;
+
+	(void)state;
+	assert_int_equal(egd_ledger_init(&l, 10.0, 0.01), 0);
+	for (size_t i = 0; i < 5; i++) {
+		for (size_t k = 0; k <= i; k++) {
+			assert_int_equal(egd_ledger_admit(&l, &r), 0);
+			egd_ledger_settle(&l, r, models[k], k ? 0.1 + 0.2 : 0.001, 10, 20);
+		}
+		fast = egd_ledger_usage_text(&l, i % 2 ? "run \"x\"" : "run-1");
+		o = egd_ledger_usage_json(&l, i % 2 ? "run \"x\"" : "run-1");
+		slow = egd_json_dumps(o);
+		assert_non_null(fast);
+		assert_string_equal(fast, slow);
+		free(fast);
+		free(slow);
+		json_decref(o);
+	}
+	restored = json_loads("{\"total_cost_usd\":1.5,\"requests\":3,\"prompt_tokens\":1,"
+			      "\"completion_tokens\":2,\"models\":{\"m\":{\"requests\":3,"
+			      "\"note\":\"kept\",\"cost_usd\":1.5}}}",
+			      0, NULL);
+	assert_int_equal(egd_ledger_restore(&l, restored, err, sizeof(err)), 0);
+	fast = egd_ledger_usage_text(&l, "run");
+	o = egd_ledger_usage_json(&l, "run");
+	slow = egd_json_dumps(o);
+	assert_string_equal(fast, slow);
+	free(fast);
+	free(slow);
+	json_decref(o);
+	json_decref(restored);
+	egd_ledger_fini(&l);
+}
+
 struct writer_arg {
 	struct egd_budget *b;
 	int n;
@@ -505,6 +647,10 @@ int main(void)
 		cmocka_unit_test(test_missing_usage_file_is_fresh_run),
 		cmocka_unit_test(test_corrupt_usage_file_is_an_error),
 		cmocka_unit_test(test_inference_line_has_reference_fields),
+		cmocka_unit_test(test_jsonw_reals_match_jansson),
+		cmocka_unit_test(test_jsonw_strings),
+		cmocka_unit_test(test_inference_line_fast_matches_jansson),
+		cmocka_unit_test(test_usage_text_matches_jansson),
 		cmocka_unit_test(test_group_commit_from_two_threads),
 	};
 

@@ -6,6 +6,7 @@
  * accumulates across a long run.
  */
 #include "proxy/budget.h"
+#include "proxy/jsonw.h"
 #include "core/fsutil.h"
 #include "core/log.h"
 
@@ -124,6 +125,62 @@ double egd_ledger_charge(const struct egd_usage *u, int status, double reservati
 	if (status >= 200 && status < 300)
 		return reservation_usd;
 	return 0;
+}
+
+char *egd_ledger_usage_text(const struct egd_ledger *l, const char *run_id)
+{
+	double remaining = egd_ledger_remaining(l);
+	const char *key;
+	struct egd_jw w;
+	json_t *m, *v, *o;
+	char *s;
+	int digits = egd_json_real_digits(l->spent_usd) > 15 ||
+				     egd_json_real_digits(l->cap_usd) > 15 ||
+				     egd_json_real_digits(remaining) > 15
+			     ? 17
+			     : 15;
+
+	/* egd_json_dumps() writes every real with 17 digits if one needs it. */
+	json_object_foreach(l->models, key, m) {
+		const char *k2;
+
+		json_object_foreach(m, k2, v)
+			if (json_is_real(v) && egd_json_real_digits(json_real_value(v)) > 15)
+				digits = 17;
+	}
+	egd_jw_init(&w, digits);
+	egd_jw_raw(&w, "{\"evaluation_run_id\":", 21);
+	egd_jw_str(&w, run_id ? run_id : "unknown-eval-run");
+	egd_jw_raw(&w, ",\"total_cost_usd\":", 18);
+	egd_jw_real(&w, l->spent_usd);
+	egd_jw_raw(&w, ",\"max_cost_usd\":", 16);
+	egd_jw_real(&w, l->cap_usd);
+	egd_jw_raw(&w, ",\"budget_remaining_usd\":", 24);
+	egd_jw_real(&w, remaining);
+	egd_jw_raw(&w, ",\"requests\":", 12);
+	egd_jw_int(&w, (long long)l->requests);
+	egd_jw_raw(&w, ",\"prompt_tokens\":", 17);
+	egd_jw_int(&w, (long long)l->prompt_tokens);
+	egd_jw_raw(&w, ",\"completion_tokens\":", 21);
+	egd_jw_int(&w, (long long)l->completion_tokens);
+	egd_jw_raw(&w, ",\"models\":{", 11);
+	json_object_foreach(l->models, key, m) {
+		if (w.len && w.p[w.len - 1] != '{')
+			egd_jw_raw(&w, ",", 1);
+		egd_jw_str(&w, key);
+		egd_jw_raw(&w, ":", 1);
+		egd_jw_flat_object(&w, m);
+	}
+	egd_jw_raw(&w, "}}", 2);
+	s = egd_jw_take(&w);
+	if (s)
+		return s;
+	/* A name jansson must escape, or a model entry restored from a file
+	 * in another shape. */
+	o = egd_ledger_usage_json(l, run_id);
+	s = o ? egd_json_dumps(o) : NULL;
+	json_decref(o);
+	return s;
 }
 
 json_t *egd_ledger_usage_json(const struct egd_ledger *l, const char *run_id)
@@ -328,14 +385,11 @@ void egd_budget_snapshot(struct egd_budget *b, struct egd_ledger *out)
 
 char *egd_budget_usage_dump(struct egd_budget *b)
 {
-	json_t *o;
 	char *s;
 
 	pthread_mutex_lock(&b->mu);
-	o = egd_ledger_usage_json(&b->l, b->run_id);
-	s = o ? egd_json_dumps(o) : NULL;
+	s = egd_ledger_usage_text(&b->l, b->run_id);
 	pthread_mutex_unlock(&b->mu);
-	json_decref(o);
 	if (!s)
 		errno = ENOMEM;
 	return s;
@@ -442,7 +496,73 @@ static json_t *str_or_null(const char *s)
 	return s && *s ? json_string(s) : json_null();
 }
 
+static const char *nonempty(const char *s)
+{
+	return s && *s ? s : NULL;
+}
+
+static int min_digits(const double *v, size_t n)
+{
+	for (size_t i = 0; i < n; i++)
+		if (egd_json_real_digits(v[i]) > 15)
+			return 17;
+	return 15;
+}
+
+/* The line egd_inference_line_json() writes, from the fields; NULL when a
+ * string needs jansson's escaping. */
+static char *inference_line_fast(const struct egd_inference *r, const struct egd_usage *u,
+				 const char *error, const char *ts)
+{
+	const double reals[] = { r->total_cost_usd, r->budget_remaining_usd, r->cost_usd };
+	struct egd_jw w;
+
+	egd_jw_init(&w, min_digits(reals, 3));
+	egd_jw_raw(&w, "{\"endpoint\":", 12);
+	egd_jw_str(&w, r->endpoint ? r->endpoint : "");
+	egd_jw_raw(&w, ",\"model\":", 9);
+	egd_jw_str_or_null(&w, nonempty(r->model));
+	egd_jw_raw(&w, ",\"status_code\":", 15);
+	egd_jw_int(&w, r->status_code);
+	egd_jw_raw(&w, ",\"total_cost_usd\":", 18);
+	egd_jw_real(&w, r->total_cost_usd);
+	egd_jw_raw(&w, ",\"budget_remaining_usd\":", 24);
+	egd_jw_real(&w, r->budget_remaining_usd);
+	egd_jw_raw(&w, ",\"timestamp\":", 13);
+	egd_jw_str(&w, ts);
+	egd_jw_raw(&w, ",\"routed_model\":", 16);
+	egd_jw_str_or_null(&w, nonempty(u->model));
+	egd_jw_raw(&w, ",\"provider\":", 12);
+	egd_jw_str_or_null(&w, nonempty(u->provider));
+	egd_jw_raw(&w, ",\"prompt_tokens\":", 17);
+	egd_jw_int(&w, u->prompt_tokens);
+	egd_jw_raw(&w, ",\"completion_tokens\":", 21);
+	egd_jw_int(&w, u->completion_tokens);
+	egd_jw_raw(&w, ",\"cost_usd\":", 12);
+	egd_jw_real(&w, r->cost_usd);
+	egd_jw_raw(&w, ",\"latency_ms\":", 14);
+	egd_jw_int(&w, r->latency_ms);
+	egd_jw_raw(&w, ",\"generation_id\":", 17);
+	egd_jw_str_or_null(&w, nonempty(u->generation_id));
+	egd_jw_raw(&w, ",\"error\":", 9);
+	egd_jw_str_or_null(&w, nonempty(error));
+	egd_jw_raw(&w, "}\n", 2);
+	return egd_jw_take(&w);
+}
+
 char *egd_inference_line(const struct egd_inference *r)
+{
+	static const struct egd_usage none;
+	const struct egd_usage *u = r->usage ? r->usage : &none;
+	const char *error = r->error ? r->error : (u->has_error ? u->error : NULL);
+	char ts[EGD_ISO_TIME_MAX_BYTES], *line;
+
+	egd_iso_time(&r->timestamp, ts);
+	line = inference_line_fast(r, u, error, ts);
+	return line ? line : egd_inference_line_json(r);
+}
+
+char *egd_inference_line_json(const struct egd_inference *r)
 {
 	static const struct egd_usage none;
 	const struct egd_usage *u = r->usage ? r->usage : &none;
@@ -585,10 +705,7 @@ static int write_usage(struct egd_budget *b)
 	pthread_mutex_lock(&b->mu);
 	version = b->version;
 	if (version != b->written_version) {
-		json_t *o = egd_ledger_usage_json(&b->l, b->run_id);
-
-		s = o ? egd_json_dumps(o) : NULL;
-		json_decref(o);
+		s = egd_ledger_usage_text(&b->l, b->run_id);
 		if (!s)
 			err = -ENOMEM;
 	}

@@ -81,6 +81,10 @@ double egd_ledger_charge(const struct egd_usage *u, int status, double reservati
 
 /* The reference usage summary (proxy_usage.json and GET /api/v1/usage). */
 json_t *egd_ledger_usage_json(const struct egd_ledger *l, const char *run_id);
+/* The same as compact text, egd_json_dumps() of the above byte for byte,
+ * written without the tree when the names allow (jsonw.h). Malloc'ed; NULL
+ * on failure. */
+char *egd_ledger_usage_text(const struct egd_ledger *l, const char *run_id);
 /* Restore spent, counters and models from a usage summary. -EBADMSG with a
  * reason in @err when a key is missing or has the wrong type. */
 int egd_ledger_restore(struct egd_ledger *l, const json_t *usage, char *err, size_t errlen);
@@ -134,6 +138,9 @@ struct egd_inference {
 
 /* One JSON line with the reference fields, "\n"-terminated, malloc'ed. */
 char *egd_inference_line(const struct egd_inference *r);
+/* The same through a jansson tree: what egd_inference_line() falls back to
+ * when a string needs escaping, and what the tests compare it with. */
+char *egd_inference_line_json(const struct egd_inference *r);
 
 /*
  * Group commit for a busy proxy, from any thread. The caller holds back the
