@@ -176,7 +176,7 @@ static void run_race(double cap, double spent_before, double reserve)
 	assert_non_null(b);
 	if (spent_before > 0) {
 		assert_int_equal(egd_budget_admit(b, &res), 0);
-		egd_budget_settle(b, res, "m", spent_before, 0, 0);
+		egd_budget_settle(b, res, "m", spent_before, 0, 0, NULL);
 	}
 	pthread_barrier_init(&start, NULL, CONCURRENT_REQUESTS);
 	for (int i = 0; i < CONCURRENT_REQUESTS; i++) {
@@ -196,7 +196,7 @@ static void run_race(double cap, double spent_before, double reserve)
 	/* Every admitted request then costs exactly its reservation. */
 	for (int i = 0; i < CONCURRENT_REQUESTS; i++)
 		if (r[i].admitted)
-			egd_budget_settle(b, r[i].reservation, "m", r[i].reservation, 1, 1);
+			egd_budget_settle(b, r[i].reservation, "m", r[i].reservation, 1, 1, NULL);
 	egd_budget_snapshot(b, &snap);
 	assert_true(snap.spent_usd <= cap + reserve + EPS);
 	assert_int_equal(snap.in_flight, 0);
@@ -229,7 +229,7 @@ static void test_usage_dump_has_reference_keys(void **state)
 
 	(void)state;
 	egd_budget_admit(b, &r);
-	egd_budget_settle(b, r, "a/b", 0.5, 7, 3);
+	egd_budget_settle(b, r, "a/b", 0.5, 7, 3, NULL);
 	s = egd_budget_usage_dump(b);
 	o = json_loads(s, 0, NULL);
 	assert_int_equal(json_object_size(o), sizeof(keys) / sizeof(keys[0]));
@@ -255,13 +255,13 @@ static void test_usage_dump_numbers_exact_and_short(void **state)
 
 	(void)state;
 	egd_budget_admit(b, &r);
-	egd_budget_settle(b, r, "m", 0.1, 0, 0);
+	egd_budget_settle(b, r, "m", 0.1, 0, 0, NULL);
 	s = egd_budget_usage_dump(b);
 	assert_non_null(strstr(s, "\"total_cost_usd\":0.1,"));
 	free(s);
 	/* 0.1 + 0.2 needs 17 digits; it must survive the round trip exactly. */
 	egd_budget_admit(b, &r);
-	egd_budget_settle(b, r, "m", 0.2, 0, 0);
+	egd_budget_settle(b, r, "m", 0.2, 0, 0, NULL);
 	s = egd_budget_usage_dump(b);
 	sscanf(strstr(s, "\"total_cost_usd\":") + strlen("\"total_cost_usd\":"), "%lf", &spent);
 	assert_true(spent == 0.1 + 0.2);
@@ -308,10 +308,10 @@ static void test_atomic_save_and_readback(void **state)
 
 	(void)state;
 	egd_budget_admit(b, &r);
-	egd_budget_settle(b, r, "a/b", 1.25, 10, 20);
+	egd_budget_settle(b, r, "a/b", 1.25, 10, 20, NULL);
 	assert_int_equal(egd_budget_save(b), 0);
 	egd_budget_admit(b, &r);
-	egd_budget_settle(b, r, "c/d", 0.5, 1, 2);
+	egd_budget_settle(b, r, "c/d", 0.5, 1, 2, NULL);
 	assert_int_equal(egd_budget_save(b), 0);
 	/* Only the usage file is left: no temp file survives a save. */
 	assert_int_equal(count_entries(dir), 1);
@@ -580,7 +580,7 @@ static void *settle_and_log(void *arg)
 	for (int i = 0; i < w->n; i++) {
 		if (egd_budget_admit(w->b, &r))
 			abort();
-		egd_budget_settle(w->b, r, "a/b", 0.001, 1, 2);
+		egd_budget_settle(w->b, r, "a/b", 0.001, 1, 2, NULL);
 		line = egd_inference_line(&rec);
 		if (!line || egd_budget_commit(w->b, line, strlen(line)))
 			abort();

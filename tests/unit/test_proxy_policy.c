@@ -241,7 +241,7 @@ static void test_budget_exceeded_429(void **state)
 	res = f->res.reservation_usd;
 	f->res.reserved = 0;
 	/* The response cost 0.001: over the cap, withheld by the caller. */
-	assert_int_equal(egd_budget_settle(f->budget, res, "meta/llama-3", 0.001, 10, 5), 1);
+	assert_int_equal(egd_budget_settle(f->budget, res, "meta/llama-3", 0.001, 10, 5, NULL), 1);
 	assert_detail(chat(f, AUTH, body), 429, "Evaluation run cost budget exceeded");
 }
 

@@ -15,6 +15,10 @@
 #define LOOP_MAX_SLEEP_MS 1000
 /* End-of-turn hooks: the audit log and the policy proxy's commit. */
 #define LOOP_ON_TURN_MAX 4
+/* Non-blocking looks for more events before the hooks, when asked: enough
+ * to gather what arrives while a turn runs, bounded so the hooks still run
+ * on a loop that never goes idle. */
+#define LOOP_POLL_AGAIN_MAX 4
 
 struct defer {
 	egd_defer_cb cb;
@@ -30,6 +34,7 @@ struct egd_loop {
 	size_t defer_len, defer_cap;
 	struct defer on_turn[LOOP_ON_TURN_MAX];
 	size_t on_turn_len;
+	int poll_again; /* egd_loop_poll_again() during this turn */
 	struct egd_resolver *resolver;
 };
 
@@ -245,14 +250,20 @@ void egd_loop_on_turn_remove(struct egd_loop *loop, egd_defer_cb cb, void *arg)
 	}
 }
 
+void egd_loop_poll_again(struct egd_loop *loop)
+{
+	loop->poll_again = 1;
+}
+
 int egd_loop_run(struct egd_loop *loop)
 {
 	struct epoll_event evs[LOOP_EVENTS_PER_WAIT];
+	int polls = 0; /* non-blocking looks since the hooks last ran */
 
 	while (!loop->stop) {
 		int timeout = LOOP_MAX_SLEEP_MS, n;
 
-		if (loop->defer_len) {
+		if (polls || loop->defer_len) {
 			timeout = 0;
 		} else if (loop->heap_len) {
 			unsigned long long now = egd_now_ms(), at = loop->heap[0]->at_ms;
@@ -274,6 +285,13 @@ int egd_loop_run(struct egd_loop *loop)
 		}
 		run_defers(loop);
 		run_timers(loop);
+		if (loop->poll_again && n > 0 && polls < LOOP_POLL_AGAIN_MAX) {
+			loop->poll_again = 0;
+			polls++;
+			continue;
+		}
+		loop->poll_again = 0;
+		polls = 0;
 		for (size_t i = 0; i < loop->on_turn_len; i++)
 			loop->on_turn[i].cb(loop->on_turn[i].arg);
 	}

@@ -51,6 +51,10 @@ int egd_loop_defer(struct egd_loop *loop, egd_defer_cb cb, void *arg);
  * there, once. A few hooks per loop: -ENOSPC past them. */
 int egd_loop_on_turn(struct egd_loop *loop, egd_defer_cb cb, void *arg);
 void egd_loop_on_turn_remove(struct egd_loop *loop, egd_defer_cb cb, void *arg);
+/* Before this turn's hooks, take a non-blocking look for events that came
+ * in the meantime and handle them first (a few times at most): a group
+ * commit in a hook then covers more work. */
+void egd_loop_poll_again(struct egd_loop *loop);
 
 /* The loop's resolver (core/resolve.h), set by egd_resolver_new() and
  * cleared by egd_resolver_free(); NULL when there is none. Answers must come

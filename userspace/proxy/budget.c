@@ -363,7 +363,8 @@ void egd_budget_release(struct egd_budget *b, double reservation_usd)
 }
 
 int egd_budget_settle(struct egd_budget *b, double reservation_usd, const char *model,
-		      double cost_usd, int64_t prompt_tokens, int64_t completion_tokens)
+		      double cost_usd, int64_t prompt_tokens, int64_t completion_tokens,
+		      struct egd_ledger *after)
 {
 	int over;
 
@@ -371,6 +372,10 @@ int egd_budget_settle(struct egd_budget *b, double reservation_usd, const char *
 	over = egd_ledger_settle(&b->l, reservation_usd, model, cost_usd, prompt_tokens,
 				 completion_tokens);
 	b->version++;
+	if (after) {
+		*after = b->l;
+		after->models = NULL;
+	}
 	pthread_mutex_unlock(&b->mu);
 	return over;
 }
@@ -598,9 +603,9 @@ char *egd_inference_line_json(const struct egd_inference *r)
 
 static int sync_files(struct egd_budget *b, int usage, int inferences)
 {
-	int err = 0;
+	int fd = __atomic_load_n(&b->inferences_fd, __ATOMIC_ACQUIRE), err = 0;
 
-	if (inferences && b->inferences_fd >= 0 && fdatasync(b->inferences_fd))
+	if (inferences && fd >= 0 && fdatasync(fd))
 		err = -errno;
 	if (usage) {
 		int e = egd_fsync_path(b->usage_path);
@@ -680,16 +685,24 @@ static void dirty_locked(struct egd_budget *b, int usage, int inferences)
 /* One write on O_APPEND: lines from several threads never interleave. */
 static int append_lines(struct egd_budget *b, const char *lines, size_t len)
 {
-	int fd;
+	/* Opened once, by the first commit; read without the lock after. */
+	int fd = __atomic_load_n(&b->inferences_fd, __ATOMIC_ACQUIRE);
 
-	pthread_mutex_lock(&b->mu);
-	if (b->inferences_fd < 0)
-		b->inferences_fd = open(b->inferences_path,
-					O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0644);
-	fd = b->inferences_fd;
-	pthread_mutex_unlock(&b->mu);
-	if (fd < 0)
-		return -errno;
+	if (fd < 0) {
+		pthread_mutex_lock(&b->mu);
+		fd = b->inferences_fd;
+		if (fd < 0) {
+			fd = open(b->inferences_path, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC,
+				  0644);
+			if (fd < 0)
+				fd = -errno;
+			else
+				__atomic_store_n(&b->inferences_fd, fd, __ATOMIC_RELEASE);
+		}
+		pthread_mutex_unlock(&b->mu);
+		if (fd < 0)
+			return fd;
+	}
 	return egd_write_all(fd, lines, len);
 }
 

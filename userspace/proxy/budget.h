@@ -101,8 +101,12 @@ void egd_budget_destroy(struct egd_budget *b);
 
 int egd_budget_admit(struct egd_budget *b, double *reservation_usd);
 void egd_budget_release(struct egd_budget *b, double reservation_usd);
+/* Charge a finished request (egd_ledger_settle()); @after, when not NULL,
+ * gets the ledger as this charge left it (models not copied: NULL), taken
+ * under the same lock. */
 int egd_budget_settle(struct egd_budget *b, double reservation_usd, const char *model,
-		      double cost_usd, int64_t prompt_tokens, int64_t completion_tokens);
+		      double cost_usd, int64_t prompt_tokens, int64_t completion_tokens,
+		      struct egd_ledger *after);
 /* A consistent copy of the ledger (models not copied: NULL). */
 void egd_budget_snapshot(struct egd_budget *b, struct egd_ledger *out);
 /* Compact JSON of the usage summary, malloc'ed; NULL + errno. */

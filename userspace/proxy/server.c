@@ -78,6 +78,8 @@ struct pconn {
 
 	/* The request being answered. */
 	struct egd_policy_result res;
+	struct egd_ledger after; /* as settle() left it, for the inference line */
+	int have_after;
 	int have_res;
 	char endpoint[64];
 	int keep_alive;
@@ -119,6 +121,7 @@ struct egd_proxy {
 	struct pconn *conns;
 	size_t nconns;
 	struct listener *listeners;
+	struct egd_ws_cache ws; /* copy of sh->ws, refreshed once stale */
 	/* This worker's lookup refreshing the shared workspace answer. */
 	struct egd_upstream_req *ws_req;
 	int ws_status;
@@ -490,7 +493,12 @@ static void log_inference(struct pconn *c, int status, const struct egd_usage *u
 	struct egd_ledger snap;
 	char *line;
 
-	egd_budget_snapshot(p->budget, &snap);
+	/* The ledger as this request's charge left it, else as it is now. */
+	if (c->have_after)
+		snap = c->after;
+	else
+		egd_budget_snapshot(p->budget, &snap);
+	c->have_after = 0;
 	r.endpoint = c->endpoint;
 	r.model = c->res.model;
 	r.status_code = status;
@@ -510,6 +518,8 @@ static void log_inference(struct pconn *c, int status, const struct egd_usage *u
 		c->held_next = p->held;
 		p->held = c;
 	}
+	/* Answers that arrive meanwhile join this commit. */
+	egd_loop_poll_again(p->loop);
 }
 
 /* End of the loop's turn: the turn's inference lines and the newest ledger
@@ -566,7 +576,8 @@ static int settle(struct pconn *c, const struct egd_usage *u, int status, double
 
 	*cost = egd_ledger_charge(u, status, c->res.reservation_usd);
 	over = egd_budget_settle(c->p->budget, c->res.reservation_usd, c->res.model, *cost,
-				 u->prompt_tokens, u->completion_tokens);
+				 u->prompt_tokens, u->completion_tokens, &c->after);
+	c->have_after = 1;
 	c->res.reserved = 0;
 	return over > 0;
 }
@@ -794,9 +805,15 @@ static void handle_request(struct pconn *c)
 	plen = strcspn(m->target, "?");
 	snprintf(c->endpoint, sizeof(c->endpoint), "%.*s", (int)plen, m->target);
 	egd_timer_cancel(p->loop, &c->timer);
-	pthread_mutex_lock(&p->sh->mu);
-	ws = egd_ws_cache_get(&p->sh->ws, p->cfg->workspace_ttl_s, (int64_t)egd_now_ms());
-	pthread_mutex_unlock(&p->sh->mu);
+	/* This worker's copy of the shared answer, refreshed from it only
+	 * once stale: no lock per request. */
+	ws = egd_ws_cache_get(&p->ws, p->cfg->workspace_ttl_s, (int64_t)egd_now_ms());
+	if (ws == EGD_WS_UNKNOWN) {
+		pthread_mutex_lock(&p->sh->mu);
+		p->ws = p->sh->ws;
+		pthread_mutex_unlock(&p->sh->mu);
+		ws = egd_ws_cache_get(&p->ws, p->cfg->workspace_ttl_s, (int64_t)egd_now_ms());
+	}
 	if (egd_policy_eval(p->cfg, &req, ws, p->budget, &c->res)) {
 		egd_http_parser_reset(c->parser);
 		c->keep_alive = 0;
@@ -889,6 +906,7 @@ static void ws_resolved(struct egd_proxy *p, enum egd_ws_state state)
 
 	pthread_mutex_lock(&p->sh->mu);
 	egd_ws_cache_put(&p->sh->ws, state, (int64_t)egd_now_ms());
+	p->ws = p->sh->ws;
 	pthread_mutex_unlock(&p->sh->mu);
 	free(p->ws_body);
 	p->ws_body = NULL;
