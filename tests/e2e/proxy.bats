@@ -4,8 +4,9 @@
 # EGRESSD_INTERCEPT_UPSTREAM, the agent's connections to openrouter.ai (TLS
 # on 443, plain HTTP on 80) are served by the daemon itself, which applies
 # the OpenRouter policy and forwards to a fake OpenRouter in the server
-# namespace. Several workers, so connections accepted away from worker 0
-# take the handoff queue.
+# namespace. Several workers, so connections accepted away from the proxy's
+# worker take the handoff queue (and, with --proxy-workers 0, several
+# proxies share one ledger).
 
 load lib
 
@@ -137,8 +138,9 @@ PY
 	[ "${lines[-1]}" = 403 ]
 }
 
-@test "many connections over every worker share one ledger" {
-	egd_start_proxy
+# twelve_chats: 12 requests on 12 connections at once, all answered 200 and
+# all counted in the one ledger.
+twelve_chats() {
 	local pids=()
 	for i in $(seq 1 12); do
 		chat https://openrouter.ai/api/v1/chat/completions \
@@ -152,6 +154,20 @@ PY
 	done
 	python3 -c "import json,sys; assert json.load(open(sys.argv[1]))['requests'] == 12" \
 		"$T/data/proxy_usage.json"
+}
+
+@test "one proxy worker (the default) serves connections every worker accepted" {
+	# 4 workers: the 12 connections spread over their listeners, and those
+	# of workers 1-3 reach worker 0's proxy through the handoff queue.
+	egd_start_proxy
+	grep -q 'embedded on 1 of 4 workers' "$T/daemon.err"
+	twelve_chats
+}
+
+@test "a proxy on every worker (--proxy-workers 0): many connections share one ledger" {
+	egd_start_proxy --proxy-workers 0
+	grep -q 'embedded on 4 of 4 workers' "$T/daemon.err"
+	twelve_chats
 }
 
 @test "without the keys the daemon still starts and answers 503" {

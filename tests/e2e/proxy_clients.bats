@@ -124,7 +124,9 @@ PY
 
 @test "200 parallel requests at the cap: spend stays within one reservation, the rest is 429" {
 	export MAX_COST_USD=0.01 BUDGET_RESERVE_USD=0.001
-	egd_start_proxy
+	# A proxy on each of the 4 workers: admissions race across threads on
+	# the one ledger (the ThreadSanitizer run of this file checks them).
+	egd_start_proxy --proxy-workers 0
 	# One curl per request, all at once, none retried: every one is
 	# answered 200 or 429, even when curl is starved of CPU long enough to
 	# be slow with its ClientHello.

@@ -70,6 +70,10 @@ static const struct opt opts[] = {
 	  "connections handled at once; more are reset" },
 	{ "workers", "EGRESSD_WORKERS", "0", OPT_UINT, OFF(workers), 0, EGD_WORKERS_MAX,
 	  "event-loop threads; 0 = one per online CPU" },
+	{ "proxy-workers", "EGRESSD_PROXY_WORKERS", "1", OPT_UINT, OFF(proxy_workers), 0,
+	  EGD_WORKERS_MAX,
+	  "workers that run the policy proxy (the others hand it their intercepted "
+	  "connections); 0 = all" },
 	{ "pin", "EGRESSD_PIN_DIR", "/sys/fs/bpf/egressd", OPT_PATH, OFF(pin_dir), 0, 0,
 	  "where egressd attach pinned the BPF maps" },
 	{ "mode", "EGRESSD_MODE", "auto", OPT_MODE, OFF(mode), 0, 0,

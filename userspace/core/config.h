@@ -44,6 +44,7 @@ struct egd_config_run {
 	unsigned int idle_timeout_s;
 	unsigned int max_conns;
 	unsigned int workers; /* event-loop threads; 0: one per online CPU */
+	unsigned int proxy_workers; /* of them, running the policy proxy; 0: all */
 	char pin_dir[PATH_MAX];
 	enum egd_mode_req mode;
 	int log_level;

@@ -2,10 +2,15 @@
 /*
  * Intercepted connections into the embedded policy proxy; see intercept.h.
  *
- * One proxy per worker, each touched by its worker's thread only, so a
- * handed-off connection stays on the thread that accepted it. What must be
- * one per daemon (the budget ledger and its files, the workspace answer,
- * the CA's leaf cache) is shared, under its own locks.
+ * The first P workers (EGRESSD_PROXY_WORKERS) each run a proxy, touched by
+ * that worker's thread only; what must be one per daemon (the budget ledger
+ * and its files, the workspace answer, the CA's leaf cache) is shared,
+ * under its own locks. A proxy worker serves what it accepted itself;
+ * worker k >= P queues its connections to proxy k % P and wakes it through
+ * an eventfd. Fewer proxies than workers is the default (one): a proxy that
+ * serves many connections commits many answers per turn, and on a small
+ * machine one busy proxy thread spends less CPU per request than several
+ * half-idle ones contending for the ledger (bench/README.md).
  */
 #include "egress/intercept.h"
 #include "core/log.h"
@@ -14,18 +19,116 @@
 #include "proxy/server.h"
 
 #include <errno.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/epoll.h>
+#include <sys/eventfd.h>
 #include <unistd.h>
+
+/* Connections queued to one proxy and not yet taken: beyond this the
+ * proxy's thread is far behind, and a new one is refused (reset). */
+#define INTERCEPT_QUEUE_MAX 4096
+
+struct handoff {
+	struct handoff *next;
+	int fd;
+	enum egd_proto proto;
+	char host[EGD_HOST_MAX];
+	size_t len;
+	uint8_t prefix[]; /* the bytes the engine already read */
+};
+
+/* Connections from other workers for one proxy, taken by its thread. */
+struct inbox {
+	struct egd_proxy *proxy;
+	struct egd_loop *loop;
+	struct egd_watch wake;
+	pthread_mutex_t mu;
+	struct handoff *head, **tail; /* FIFO, under mu */
+	unsigned int queued;
+};
 
 struct egd_intercept {
 	struct egd_proxy_config cfg;
 	struct egd_ca *ca;
 	struct egd_proxy_shared *sh;
-	unsigned int n;
-	struct egd_proxy *proxies[]; /* one per worker, by worker id */
+	unsigned int n;	     /* proxies: workers 0 .. n-1 */
+	unsigned int workers; /* all workers */
+	struct egd_proxy **proxies;
+	struct inbox inbox[]; /* one per proxy */
 };
+
+static int serve(struct egd_proxy *p, int fd, enum egd_proto proto, const char *host,
+		 const uint8_t *prefix, size_t len)
+{
+	if (proto == EGD_PROTO_TLS)
+		return egd_proxy_serve_tls(p, fd, host[0] ? host : NULL, prefix, len);
+	return egd_proxy_serve_plain(p, fd, prefix, len);
+}
+
+/* A proxy's thread: take what other workers queued, in arrival order. */
+static void on_wake(struct egd_watch *w, uint32_t events)
+{
+	struct inbox *in = (struct inbox *)((char *)w - offsetof(struct inbox, wake));
+	struct handoff *h, *next;
+	uint64_t n;
+	int err;
+
+	(void)events;
+	if (read(w->fd, &n, sizeof(n)) < 0 && errno != EAGAIN)
+		egd_warn("intercept wakeup: %s", strerror(errno));
+	pthread_mutex_lock(&in->mu);
+	h = in->head;
+	in->head = NULL;
+	in->tail = &in->head;
+	in->queued = 0;
+	pthread_mutex_unlock(&in->mu);
+	for (; h; h = next) {
+		next = h->next;
+		err = serve(in->proxy, h->fd, h->proto, h->host, h->prefix, h->len);
+		if (err)
+			egd_warn("policy proxy refused a connection: %s", strerror(-err));
+		free(h);
+	}
+}
+
+static void inbox_fini(struct inbox *in)
+{
+	struct handoff *h, *next;
+
+	for (h = in->head; h; h = next) {
+		next = h->next;
+		close(h->fd);
+		free(h);
+	}
+	if (in->wake.fd >= 0) {
+		egd_loop_del(in->loop, &in->wake);
+		close(in->wake.fd);
+	}
+	pthread_mutex_destroy(&in->mu);
+}
+
+static int inbox_init(struct inbox *in, struct egd_proxy *p, struct egd_loop *loop)
+{
+	int err;
+
+	in->proxy = p;
+	in->loop = loop;
+	in->tail = &in->head;
+	pthread_mutex_init(&in->mu, NULL);
+	in->wake.cb = on_wake;
+	in->wake.fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+	if (in->wake.fd < 0)
+		return -errno;
+	err = egd_loop_add(loop, &in->wake, EPOLLIN);
+	if (err) {
+		close(in->wake.fd);
+		in->wake.fd = -1;
+	}
+	return err;
+}
 
 static int start_listener(struct egd_intercept *ic)
 {
@@ -49,17 +152,20 @@ static int start_listener(struct egd_intercept *ic)
 	return 0;
 }
 
-struct egd_intercept *egd_intercept_new(struct egd_loop *const *loops, unsigned int n)
+struct egd_intercept *egd_intercept_new(struct egd_loop *const *loops, unsigned int workers,
+					unsigned int nproxy)
 {
-	struct egd_intercept *ic = calloc(1, sizeof(*ic) + n * sizeof(ic->proxies[0]));
+	unsigned int n = nproxy && nproxy < workers ? nproxy : workers;
+	struct egd_intercept *ic = calloc(1, sizeof(*ic) + n * sizeof(ic->inbox[0]));
 	char err[EGD_CONFIG_ERR_MAX_BYTES];
 	int ret;
 
-	if (!ic || !n) {
+	if (!ic || !n || !(ic->proxies = calloc(n, sizeof(*ic->proxies)))) {
 		free(ic);
-		errno = ic ? EINVAL : ENOMEM;
+		errno = ic && !n ? EINVAL : ENOMEM;
 		return NULL;
 	}
+	ic->workers = workers;
 	ret = egd_proxy_config_load(&ic->cfg, egd_proxy_getenv, NULL, err, sizeof(err));
 	if (ret) {
 		egd_err("policy proxy: %s", err);
@@ -93,12 +199,17 @@ struct egd_intercept *egd_intercept_new(struct egd_loop *const *loops, unsigned 
 			goto err_free;
 		}
 		ic->n = i + 1;
+		ret = inbox_init(&ic->inbox[i], ic->proxies[i], loops[i]);
+		if (ret) {
+			egd_err("policy proxy: handoff queue: %s", strerror(-ret));
+			goto err_free;
+		}
 	}
 	ret = start_listener(ic);
 	if (ret)
 		goto err_free;
-	egd_info("policy proxy: embedded on %u worker%s, %s CA, data in %s", n,
-		 n == 1 ? "" : "s", egd_ca_generated(ic->ca) ? "new" : "reused",
+	egd_info("policy proxy: embedded on %u of %u worker%s, %s CA, data in %s", n, workers,
+		 workers == 1 ? "" : "s", egd_ca_generated(ic->ca) ? "new" : "reused",
 		 ic->cfg.data_dir);
 	return ic;
 
@@ -112,8 +223,14 @@ void egd_intercept_destroy(struct egd_intercept *ic)
 {
 	if (!ic)
 		return;
-	for (unsigned int i = 0; i < ic->n; i++)
+	for (unsigned int i = 0; i < ic->n; i++) {
+		/* The inbox may not exist for the last one if its setup failed;
+		 * a zeroed inbox has nothing queued and no eventfd. */
+		if (ic->inbox[i].tail)
+			inbox_fini(&ic->inbox[i]);
 		egd_proxy_destroy(ic->proxies[i]);
+	}
+	free(ic->proxies);
 	egd_proxy_shared_destroy(ic->sh);
 	egd_ca_destroy(ic->ca);
 	egd_proxy_config_free(&ic->cfg);
@@ -124,17 +241,48 @@ int egd_intercept_handoff(struct egd_intercept *ic, unsigned int worker, int fd,
 			  enum egd_proto proto, const char *host, const uint8_t *prefix,
 			  size_t prefix_len)
 {
-	struct egd_proxy *p;
+	static const uint64_t one = 1;
+	struct inbox *in;
+	struct handoff *h;
+	int err = -EAGAIN;
 
-	/* Another worker's proxy would be touched from the wrong thread. */
-	if (worker >= ic->n) {
+	if (worker >= ic->workers) {
 		close(fd);
 		return -EINVAL;
 	}
-	p = ic->proxies[worker];
-	if (proto == EGD_PROTO_TLS)
-		return egd_proxy_serve_tls(p, fd, host[0] ? host : NULL, prefix, prefix_len);
-	return egd_proxy_serve_plain(p, fd, prefix, prefix_len);
+	/* A proxy worker serves what it accepted, on its own thread. */
+	if (worker < ic->n)
+		return serve(ic->proxies[worker], fd, proto, host, prefix, prefix_len);
+	in = &ic->inbox[worker % ic->n];
+	h = malloc(sizeof(*h) + prefix_len);
+	if (!h) {
+		close(fd);
+		return -ENOMEM;
+	}
+	h->next = NULL;
+	h->fd = fd;
+	h->proto = proto;
+	snprintf(h->host, sizeof(h->host), "%s", host);
+	h->len = prefix_len;
+	memcpy(h->prefix, prefix, prefix_len);
+	pthread_mutex_lock(&in->mu);
+	if (in->queued < INTERCEPT_QUEUE_MAX) {
+		*in->tail = h;
+		in->tail = &h->next;
+		in->queued++;
+		err = 0;
+	}
+	pthread_mutex_unlock(&in->mu);
+	if (err) {
+		close(fd);
+		free(h);
+		return err;
+	}
+	/* A failed write leaves the entry queued for the next wakeup; the
+	 * counter cannot overflow at this queue length. */
+	if (write(in->wake.fd, &one, sizeof(one)) < 0)
+		egd_warn("waking a policy proxy worker: %s", strerror(errno));
+	return 0;
 }
 
 char *egd_intercept_metrics(struct egd_intercept *ic)

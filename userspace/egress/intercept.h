@@ -1,8 +1,9 @@
 /* SPDX-License-Identifier: MIT */
 /*
- * The bridge from the connection engine to the embedded policy proxy: one
- * proxy per worker, on that worker's loop, over one shared budget ledger,
- * so an intercepted connection is served by the thread that accepted it.
+ * The bridge from the connection engine to the embedded policy proxy: a
+ * proxy on each of the first EGRESSD_PROXY_WORKERS workers' loops (one by
+ * default), over one shared budget ledger. A proxy worker serves what it
+ * accepted; another worker queues its intercepted connections to one.
  * Unless EGRESSD_INTERCEPT_UPSTREAM is set: then intercepted flows keep
  * going, untouched, to that external proxy and none of this is started.
  */
@@ -19,18 +20,20 @@ struct egd_intercept;
 
 /*
  * Load the proxy's settings from the environment, open the pod CA and the
- * budget, create one proxy on each of the @n worker loops @loops (before
- * their threads run) and start the plain listener on
- * EGRESSD_PROXY_HTTP_LISTEN on the first. NULL + errno, with the reason
- * logged.
+ * budget, create a proxy on each of the first @nproxy (0: all) of the
+ * @workers loops @loops (before their threads run) and start the plain
+ * listener on EGRESSD_PROXY_HTTP_LISTEN on the first. NULL + errno, with
+ * the reason logged.
  */
-struct egd_intercept *egd_intercept_new(struct egd_loop *const *loops, unsigned int n);
+struct egd_intercept *egd_intercept_new(struct egd_loop *const *loops, unsigned int workers,
+					unsigned int nproxy);
 /* After every worker has stopped, before their loops are freed. Closes
  * the proxies' connections. Accepts NULL. */
 void egd_intercept_destroy(struct egd_intercept *ic);
 
 /*
- * Give the proxy of @worker (the calling thread's) the accepted connection
+ * From @worker's thread, give a proxy (@worker's own, or one @worker queues
+ * to) the accepted connection
  * @fd (already out of the caller's epoll set), its @proto (TLS or HTTP), the
  * SNI or Host @host ("" for none) and the @prefix bytes already read from
  * it. Takes @fd in every case (closed on error). Returns 0 or -errno.
