@@ -854,6 +854,37 @@ static void test_keep_alive_requests_reuse_upstream(void **state)
 	t_free(t);
 }
 
+/* The key check is skipped for a header this connection already proved;
+ * another key on the same connection is still checked (and refused). */
+static void test_keep_alive_other_key_still_checked(void **state)
+{
+	struct t *t = t_new(base_env(g_base_url));
+	static const char close_hdr[] = "Connection: close\r\n";
+	char *first = chat("{\"model\":\"openai/gpt-4o\",\"messages\":[]}",
+			   "Connection: keep-alive\r\n");
+	char *second = post("/api/v1/chat/completions",
+			    "Authorization: Bearer not-the-key\r\n"
+			    "Content-Type: application/json\r\n",
+			    "{\"model\":\"openai/gpt-4o\",\"messages\":[]}");
+	char *both, *a, *b;
+
+	(void)state;
+	a = strstr(first, close_hdr);
+	assert_non_null(a);
+	memmove(a, a + strlen(close_hdr), strlen(a + strlen(close_hdr)) + 1);
+	assert_true(asprintf(&both, "%s%s", first, second) > 0);
+	t_add(t, both, 0);
+	t_run(t);
+	a = strstr(t->reqs[0].resp, "HTTP/1.1 200");
+	assert_non_null(a);
+	b = strstr(a + 1, "HTTP/1.1 403");
+	assert_non_null(b);
+	free(first);
+	free(second);
+	free(both);
+	t_free(t);
+}
+
 static void test_stream_broken_midway_truncated_and_charged(void **state)
 {
 	struct t *t = t_new(base_env(g_base_url));
@@ -981,6 +1012,7 @@ int main(void)
 		cmocka_unit_test(test_workspace_unsafe_or_failing_refused),
 		cmocka_unit_test(test_over_cap_answer_withheld),
 		cmocka_unit_test(test_keep_alive_requests_reuse_upstream),
+		cmocka_unit_test(test_keep_alive_other_key_still_checked),
 		cmocka_unit_test(test_stream_broken_midway_truncated_and_charged),
 		cmocka_unit_test(test_request_limits),
 		cmocka_unit_test(test_upstream_name_verified),

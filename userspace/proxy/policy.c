@@ -458,7 +458,7 @@ int egd_policy_eval(const struct egd_proxy_config *cfg, const struct egd_policy_
 		ret = refuse(out, budget, 503, EGD_MSG_NOT_CONFIGURED);
 		goto out;
 	}
-	if (!egd_policy_key_matches(cfg, token, token_len)) {
+	if (!req->authorization_verified && !egd_policy_key_matches(cfg, token, token_len)) {
 		ret = refuse(out, budget, 403, EGD_MSG_KEY_MISMATCH);
 		goto out;
 	}

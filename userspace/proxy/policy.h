@@ -79,6 +79,10 @@ struct egd_policy_request {
 	const char *sni;           /* TLS server name; NULL on plain HTTP */
 	const uint8_t *body;
 	size_t body_len;
+	/* The caller saw this exact Authorization header pass the key check
+	 * earlier (on the same connection): the check is skipped. The answer
+	 * cannot differ: the expected digest does not change while running. */
+	int authorization_verified;
 };
 
 enum egd_policy_action {

@@ -80,6 +80,7 @@ struct pconn {
 	struct egd_policy_result res;
 	struct egd_ledger after; /* as settle() left it, for the inference line */
 	int have_after;
+	char *verified_auth; /* an Authorization header that passed the key check */
 	int have_res;
 	char endpoint[64];
 	int keep_alive;
@@ -332,6 +333,7 @@ static void conn_free(void *arg)
 	free(c->in);
 	free(c->out);
 	free(c->ctype);
+	free(c->verified_auth);
 	free(c->rbody);
 	egd_sse_destroy(c->sse);
 	free(c);
@@ -795,9 +797,13 @@ static void handle_request(struct pconn *c)
 		.body = m->body,
 		.body_len = m->body_len,
 	};
+	const char *auth = req.authorization;
 	enum egd_ws_state ws;
 	size_t plen;
 
+	/* A keep-alive agent sends the same key with every request: hash it
+	 * once per connection. */
+	req.authorization_verified = auth && c->verified_auth && !strcmp(auth, c->verified_auth);
 	c->busy = 1;
 	c->started_ms = egd_now_ms();
 	c->keep_alive = m->keep_alive;
@@ -822,6 +828,13 @@ static void handle_request(struct pconn *c)
 		return;
 	}
 	c->have_res = 1;
+	/* Forwarding, or waiting only for the workspace (checked last), means
+	 * the key matched. */
+	if ((c->res.action == EGD_POLICY_FORWARD || c->res.action == EGD_POLICY_NEED_WORKSPACE) &&
+	    auth && !req.authorization_verified) {
+		free(c->verified_auth);
+		c->verified_auth = strdup(auth);
+	}
 	egd_http_parser_reset(c->parser);
 	act_on_result(c);
 }
