@@ -258,9 +258,70 @@ static void test_negative_cost_ignored(void **state)
 	assert_int_equal(u.prompt_tokens, 0);
 }
 
+/* The answer scanner and the whole-text jansson parse agree, and the
+ * scanner really reads the common answers itself (else it would be dead
+ * weight that the agreement alone could not reveal). */
+static void test_usage_scanner_agrees_with_jansson(void **state)
+{
+	static const struct {
+		const char *body;
+		int scannable;
+	} cases[] = {
+		{ "{\"id\":\"gen-1\",\"provider\":\"OpenAI\",\"model\":\"openai/gpt-4o\","
+		  "\"choices\":[{\"message\":{\"role\":\"assistant\",\"content\":\"Hi \\\"there\\\" "
+		  "\\u00e9 caf\xc3\xa9 \\n\"}}],\"usage\":{\"prompt_tokens\":12,"
+		  "\"completion_tokens\":3,\"cost\":0.000123}}",
+		  1 },
+		{ " {\"error\":{\"message\":\"Provider returned error\",\"code\":429}} \n", 1 },
+		{ "{\"error\":{\"code\":500}}", 1 },
+		{ "{\"usage\":{\"cost\":1},\"usage\":{\"cost\":2.5E+1},\"model\":[\"a\"],\"id\":null}",
+		  1 },
+		{ "{}", 1 },
+		{ "{\"x\":[1,-0,0.5e-3,true,false,null,{},[]],\"usage\":{\"cost\":-1}}", 1 },
+		/* An escaped name could spell "usage": jansson reads it. */
+		{ "{\"us\\u0061ge\":{\"cost\":0.5}}", 0 },
+		{ "{\"model\":\"a\\u0000b\"}", 0 },
+		{ "{\"usage\":{\"cost\":0.5,\"prompt_tokens\":123456789012345678901}}", 0 },
+		{ "{\"usage\":{\"cost\":1e999}}", 0 },
+		{ "{\"a\":[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[1]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]}",
+		  0 },
+		{ "{\"model\":\"\\ud83d\\ude00\"}", 0 },
+		{ "{\"a\":1,}", 0 },
+		{ "{\"a\":01}", 0 },
+		{ "{\"a\":\"\xed\xa0\x80\"}", 0 },
+		{ "{\"a\":\"\xc0\xaf\"}", 0 },
+		{ "{\"a\":1} x", 0 },
+		{ "[1]", 0 },
+		{ "<html>", 0 },
+		{ "", 0 },
+	};
+
+	(void)state;
+	for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+		const char *b = cases[i].body;
+		struct egd_usage fast, full;
+		int rf = egd_usage_from_body(b, strlen(b), &fast);
+		int rj = egd_usage_from_body_full(b, strlen(b), &full);
+
+		print_message("case %zu\n", i);
+		assert_int_equal(egd_usage_scannable(b, strlen(b)), cases[i].scannable);
+		assert_int_equal(rf, rj);
+		assert_int_equal(fast.has_cost, full.has_cost);
+		assert_true(fast.cost_usd == full.cost_usd);
+		assert_int_equal(fast.prompt_tokens, full.prompt_tokens);
+		assert_int_equal(fast.completion_tokens, full.completion_tokens);
+		assert_string_equal(fast.model, full.model);
+		assert_string_equal(fast.provider, full.provider);
+		assert_string_equal(fast.generation_id, full.generation_id);
+		assert_int_equal(fast.has_error, full.has_error);
+		assert_string_equal(fast.error, full.error);
+	}
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
+		cmocka_unit_test(test_usage_scanner_agrees_with_jansson),
 		cmocka_unit_test(test_usage_from_final_chunk),
 		cmocka_unit_test(test_comments_and_done_seen),
 		cmocka_unit_test(test_same_events_at_every_split),

@@ -71,7 +71,7 @@ void egd_usage_merge(struct egd_usage *u, const json_t *o)
 	get_tokens(usage, "completion_tokens", &u->completion_tokens);
 }
 
-int egd_usage_from_body(const char *body, size_t len, struct egd_usage *u)
+int egd_usage_from_body_full(const char *body, size_t len, struct egd_usage *u)
 {
 	json_t *o;
 
@@ -80,6 +80,370 @@ int egd_usage_from_body(const char *body, size_t len, struct egd_usage *u)
 	if (!json_is_object(o)) {
 		json_decref(o);
 		return -EBADMSG;
+	}
+	egd_usage_merge(u, o);
+	json_decref(o);
+	return 0;
+}
+
+/*
+ * ---- the answer scanned, not parsed ---------------------------------------
+ *
+ * A chat answer is mostly the model's text; building a jansson tree of all
+ * of it to read five members was a tenth of the proxy's CPU per request. The
+ * scanner below walks the text once without allocating, checks it as
+ * jansson's decoder would, and notes where the top-level members the
+ * accounting reads ("usage", "model", "provider", "id", "error"; the last
+ * of each, as jansson keeps) begin and end; those few bytes then go through
+ * jansson. Wherever the scanner cannot be sure that jansson would accept the
+ * text and read the same values (a top-level key with an escape, \u0000 or
+ * a surrogate escape, a number that could overflow, deep nesting), it gives
+ * up and the whole text goes through jansson, so the two paths agree on
+ * every input (fuzz/fuzz_usage.c checks it). Written here because no
+ * packaged JSON library scans without building values.
+ */
+
+/* Deeper than any OpenRouter answer; jansson's own limit is 2048. */
+#define SCAN_DEPTH_MAX 32
+/* A number token this long might overflow where jansson refuses it. */
+#define SCAN_NUMBER_MAX_BYTES 40
+
+enum { M_USAGE, M_MODEL, M_PROVIDER, M_ID, M_ERROR, M_COUNT };
+static const char *const member_names[M_COUNT] = { "usage", "model", "provider", "id",
+						   "error" };
+
+struct scan {
+	const unsigned char *p, *end;
+	int depth;
+};
+
+static void skip_ws(struct scan *s)
+{
+	while (s->p < s->end && (*s->p == ' ' || *s->p == '\t' || *s->p == '\n' || *s->p == '\r'))
+		s->p++;
+}
+
+static int hexval(unsigned char c)
+{
+	if (c >= '0' && c <= '9')
+		return c - '0';
+	c |= 0x20;
+	return c >= 'a' && c <= 'f' ? c - 'a' + 10 : -1;
+}
+
+/* One UTF-8 sequence at s->p (first byte >= 0x80), as jansson checks it:
+ * no overlong forms, no surrogates, nothing past U+10FFFF. */
+static int scan_utf8(struct scan *s)
+{
+	const unsigned char *p = s->p;
+	unsigned int cp, n, i;
+
+	if (p[0] >= 0xc2 && p[0] <= 0xdf) {
+		n = 1;
+		cp = p[0] & 0x1f;
+	} else if (p[0] >= 0xe0 && p[0] <= 0xef) {
+		n = 2;
+		cp = p[0] & 0x0f;
+	} else if (p[0] >= 0xf0 && p[0] <= 0xf4) {
+		n = 3;
+		cp = p[0] & 0x07;
+	} else {
+		return -1;
+	}
+	if ((size_t)(s->end - p) <= n)
+		return -1;
+	for (i = 1; i <= n; i++) {
+		if ((p[i] & 0xc0) != 0x80)
+			return -1;
+		cp = (cp << 6) | (p[i] & 0x3f);
+	}
+	if ((n == 2 && cp < 0x800) || (n == 3 && cp < 0x10000) || cp > 0x10ffff ||
+	    (cp >= 0xd800 && cp <= 0xdfff))
+		return -1;
+	s->p += n + 1;
+	return 0;
+}
+
+/* A string at s->p ('"'); *escaped when it held a backslash escape. */
+static int scan_string(struct scan *s, int *escaped)
+{
+	*escaped = 0;
+	s->p++;
+	while (s->p < s->end) {
+		unsigned char c = *s->p;
+
+		if (c == '"') {
+			s->p++;
+			return 0;
+		}
+		if (c < 0x20)
+			return -1;
+		if (c >= 0x80) {
+			if (scan_utf8(s))
+				return -1;
+			continue;
+		}
+		if (c != '\\') {
+			s->p++;
+			continue;
+		}
+		*escaped = 1;
+		if (s->end - s->p < 2)
+			return -1;
+		c = s->p[1];
+		if (c == 'u') {
+			unsigned int cp = 0;
+
+			if (s->end - s->p < 6)
+				return -1;
+			for (int i = 2; i < 6; i++) {
+				int h = hexval(s->p[i]);
+
+				if (h < 0)
+					return -1;
+				cp = cp << 4 | (unsigned int)h;
+			}
+			/* \u0000 and surrogate pairs: jansson's rules, not
+			 * worth repeating here. */
+			if (cp == 0 || (cp >= 0xd800 && cp <= 0xdfff))
+				return -1;
+			s->p += 6;
+			continue;
+		}
+		if (!strchr("\"\\/bfnrt", c) || !c)
+			return -1;
+		s->p += 2;
+	}
+	return -1;
+}
+
+static int scan_number(struct scan *s)
+{
+	const unsigned char *start = s->p;
+
+	if (*s->p == '-')
+		s->p++;
+	if (s->p >= s->end || *s->p < '0' || *s->p > '9')
+		return -1;
+	if (*s->p == '0') {
+		s->p++;
+	} else {
+		while (s->p < s->end && *s->p >= '0' && *s->p <= '9')
+			s->p++;
+	}
+	if (s->p < s->end && *s->p == '.') {
+		s->p++;
+		if (s->p >= s->end || *s->p < '0' || *s->p > '9')
+			return -1;
+		while (s->p < s->end && *s->p >= '0' && *s->p <= '9')
+			s->p++;
+	}
+	if (s->p < s->end && (*s->p == 'e' || *s->p == 'E')) {
+		const unsigned char *exp;
+
+		s->p++;
+		if (s->p < s->end && (*s->p == '+' || *s->p == '-'))
+			s->p++;
+		exp = s->p;
+		while (s->p < s->end && *s->p >= '0' && *s->p <= '9')
+			s->p++;
+		/* No digits, or an exponent that might overflow a double. */
+		if (s->p == exp || s->p - exp > 2)
+			return -1;
+	}
+	/* An integer beyond 18 digits may overflow json_int_t, which jansson
+	 * refuses; a long real too. Leave both to jansson. */
+	if (s->p - start > SCAN_NUMBER_MAX_BYTES)
+		return -1;
+	for (const unsigned char *q = start; q < s->p; q++)
+		if (*q == '.' || *q == 'e' || *q == 'E')
+			return 0;
+	return s->p - start - (*start == '-') > 18 ? -1 : 0;
+}
+
+static int scan_literal(struct scan *s, const char *word)
+{
+	size_t n = strlen(word);
+
+	if ((size_t)(s->end - s->p) < n || memcmp(s->p, word, n))
+		return -1;
+	s->p += n;
+	return 0;
+}
+
+static int scan_value(struct scan *s);
+
+/* An object or array at s->p. */
+static int scan_container(struct scan *s)
+{
+	unsigned char close = *s->p == '{' ? '}' : ']';
+	int escaped, first = 1;
+
+	if (++s->depth > SCAN_DEPTH_MAX)
+		return -1;
+	s->p++;
+	for (;;) {
+		skip_ws(s);
+		if (s->p >= s->end)
+			return -1;
+		if (*s->p == close && first) {
+			s->p++;
+			break;
+		}
+		if (close == '}') {
+			if (*s->p != '"' || scan_string(s, &escaped))
+				return -1;
+			skip_ws(s);
+			if (s->p >= s->end || *s->p++ != ':')
+				return -1;
+		}
+		if (scan_value(s))
+			return -1;
+		first = 0;
+		skip_ws(s);
+		if (s->p >= s->end)
+			return -1;
+		if (*s->p == ',') {
+			s->p++;
+			skip_ws(s);
+			/* No trailing comma. */
+			if (s->p < s->end && *s->p == close)
+				return -1;
+			continue;
+		}
+		if (*s->p++ != close)
+			return -1;
+		break;
+	}
+	s->depth--;
+	return 0;
+}
+
+static int scan_value(struct scan *s)
+{
+	int escaped;
+
+	skip_ws(s);
+	if (s->p >= s->end)
+		return -1;
+	switch (*s->p) {
+	case '{':
+	case '[':
+		return scan_container(s);
+	case '"':
+		return scan_string(s, &escaped);
+	case 't':
+		return scan_literal(s, "true");
+	case 'f':
+		return scan_literal(s, "false");
+	case 'n':
+		return scan_literal(s, "null");
+	default:
+		return scan_number(s);
+	}
+}
+
+/* The top-level object: checked whole, and the span of the last value of
+ * each member the accounting reads. 0, or -1 to leave it to jansson. */
+static int scan_answer(const char *body, size_t len, const unsigned char *span[M_COUNT][2])
+{
+	struct scan s = { (const unsigned char *)body, (const unsigned char *)body + len, 1 };
+	int escaped, first = 1;
+
+	memset(span, 0, sizeof(const unsigned char *) * 2 * M_COUNT);
+	skip_ws(&s);
+	if (s.p >= s.end || *s.p++ != '{')
+		return -1;
+	for (;;) {
+		const unsigned char *key, *value;
+		size_t klen;
+		int m;
+
+		skip_ws(&s);
+		if (s.p >= s.end)
+			return -1;
+		if (*s.p == '}' && first) {
+			s.p++;
+			break;
+		}
+		key = s.p + 1;
+		if (*s.p != '"' || scan_string(&s, &escaped) || escaped)
+			return -1; /* an escaped name might spell "usage" */
+		klen = (size_t)(s.p - 1 - key);
+		skip_ws(&s);
+		if (s.p >= s.end || *s.p++ != ':')
+			return -1;
+		skip_ws(&s);
+		value = s.p;
+		if (scan_value(&s))
+			return -1;
+		for (m = 0; m < M_COUNT; m++) {
+			if (strlen(member_names[m]) == klen && !memcmp(key, member_names[m], klen)) {
+				span[m][0] = value;
+				span[m][1] = s.p;
+			}
+		}
+		first = 0;
+		skip_ws(&s);
+		if (s.p >= s.end)
+			return -1;
+		if (*s.p == ',') {
+			s.p++;
+			skip_ws(&s);
+			if (s.p < s.end && *s.p == '}')
+				return -1;
+			continue;
+		}
+		if (*s.p++ != '}')
+			return -1;
+		break;
+	}
+	skip_ws(&s);
+	return s.p == s.end ? 0 : -1;
+}
+
+int egd_usage_scannable(const char *body, size_t len)
+{
+	const unsigned char *span[M_COUNT][2];
+
+	return scan_answer(body, len, span) == 0;
+}
+
+int egd_usage_from_body(const char *body, size_t len, struct egd_usage *u)
+{
+	const unsigned char *span[M_COUNT][2];
+	char small[4096], *text = small;
+	size_t n = 1, need = 2;
+	json_t *o;
+
+	if (scan_answer(body, len, span))
+		return egd_usage_from_body_full(body, len, u);
+	for (int m = 0; m < M_COUNT; m++)
+		if (span[m][0])
+			need += strlen(member_names[m]) + 4 + (size_t)(span[m][1] - span[m][0]);
+	if (need > sizeof(small) && !(text = malloc(need)))
+		return egd_usage_from_body_full(body, len, u);
+	/* {"usage":...,"model":...}: the members as they were, nothing else. */
+	text[0] = '{';
+	for (int m = 0; m < M_COUNT; m++) {
+		size_t vlen;
+
+		if (!span[m][0])
+			continue;
+		vlen = (size_t)(span[m][1] - span[m][0]);
+		n += (size_t)sprintf(text + n, "%s\"%s\":", n > 1 ? "," : "", member_names[m]);
+		memcpy(text + n, span[m][0], vlen);
+		n += vlen;
+	}
+	text[n++] = '}';
+	memset(u, 0, sizeof(*u));
+	o = json_loadb(text, n, 0, NULL);
+	if (text != small)
+		free(text);
+	if (!json_is_object(o)) {
+		/* Cannot happen for a checked text; jansson has the last word. */
+		json_decref(o);
+		return egd_usage_from_body_full(body, len, u);
 	}
 	egd_usage_merge(u, o);
 	json_decref(o);

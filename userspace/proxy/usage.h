@@ -43,6 +43,13 @@ void egd_usage_merge(struct egd_usage *u, const json_t *o);
  * object (an error page from a middlebox, say); @u is then zeroed.
  */
 int egd_usage_from_body(const char *body, size_t len, struct egd_usage *u);
+/* The same through a jansson tree of the whole body: what the above falls
+ * back to where its scanner is unsure, and what the fuzz target and the
+ * tests compare it with. */
+int egd_usage_from_body_full(const char *body, size_t len, struct egd_usage *u);
+/* 1 when egd_usage_from_body() reads @body without the whole-text jansson
+ * fallback: for the tests that keep the fast path alive. */
+int egd_usage_scannable(const char *body, size_t len);
 
 /*
  * Compact JSON of @o with numbers written as a person (or Python) would:
