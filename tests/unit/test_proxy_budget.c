@@ -14,6 +14,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <cmocka.h>
@@ -449,6 +451,20 @@ static void test_jsonw_reals_match_jansson(void **state)
 			assert_non_null(got);
 			assert_string_equal(got, want);
 			free(got);
+			/* Formatted once for the digits rule, then written. */
+			{
+				struct egd_jreal r;
+
+				egd_jreal_prepare(&r, cases[i]);
+				assert_int_equal(r.digits, egd_json_real_digits(cases[i]));
+				egd_jw_init(&w, digits);
+				egd_jw_raw(&w, "[", 1);
+				egd_jw_real_prepared(&w, &r);
+				egd_jw_raw(&w, "]", 1);
+				got = egd_jw_take(&w);
+				assert_string_equal(got, want);
+				free(got);
+			}
 			free(want);
 			json_decref(o);
 		}
@@ -629,8 +645,56 @@ static void test_group_commit_from_two_threads(void **state)
 	rm_tmpdir(dir);
 }
 
-int main(void)
+/* In a child exec'ed with umask 077: write @dir's usage file twice, exit 0
+ * when it is 0644 and no temp file is left. */
+static int umask_child(const char *dir)
 {
+	char path[512];
+	struct stat st;
+
+	snprintf(path, sizeof(path), "%s/%s", dir, EGD_USAGE_FILE_NAME);
+	if (egd_write_file_atomic_sync(path, "{}", 2, 0644, 0) ||
+	    egd_write_file_atomic_sync(path, "{}", 2, 0644, 0) || stat(path, &st))
+		return 2;
+	return (st.st_mode & 0777) == 0644 && count_entries(dir) == 1 ? 0 : 1;
+}
+
+/* The usage file is 0644 (readable by the platform) whatever the umask:
+ * with the usual 022 the mode is given at creation, with 077 it is set
+ * after (the daemon reads its umask once, so the child is a new process). */
+static void test_usage_file_mode_despite_umask(void **state)
+{
+	char *dir = make_tmpdir(), path[512];
+	struct stat st;
+	mode_t old = umask(022);
+	int status;
+	pid_t pid;
+
+	(void)state;
+	snprintf(path, sizeof(path), "%s/%s", dir, EGD_USAGE_FILE_NAME);
+	assert_int_equal(egd_write_file_atomic_sync(path, "{}", 2, 0644, 0), 0);
+	assert_int_equal(stat(path, &st), 0);
+	assert_int_equal(st.st_mode & 0777, 0644);
+	unlink(path);
+	pid = fork();
+	assert_true(pid >= 0);
+	if (pid == 0) {
+		umask(077);
+		execl("/proc/self/exe", "test_proxy_budget", "umask-child", dir, (char *)NULL);
+		_exit(3);
+	}
+	assert_int_equal(waitpid(pid, &status, 0), pid);
+	assert_true(WIFEXITED(status));
+	assert_int_equal(WEXITSTATUS(status), 0);
+	umask(old);
+	rm_tmpdir(dir);
+}
+
+int main(int argc, char **argv)
+{
+	if (argc == 3 && !strcmp(argv[1], "umask-child"))
+		return umask_child(argv[2]);
+
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test(test_admit_reserves_and_settle_charges_cost),
 		cmocka_unit_test(test_admission_refused_at_cap),
@@ -652,6 +716,7 @@ int main(void)
 		cmocka_unit_test(test_inference_line_fast_matches_jansson),
 		cmocka_unit_test(test_usage_text_matches_jansson),
 		cmocka_unit_test(test_group_commit_from_two_threads),
+		cmocka_unit_test(test_usage_file_mode_despite_umask),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);

@@ -12,6 +12,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <libgen.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -77,22 +78,73 @@ int egd_write_file_atomic(const char *path, const void *data, size_t len, mode_t
 	return egd_write_file_atomic_sync(path, data, len, mode, 1);
 }
 
+static int umask_bits = -1; /* the process umask, or -1 if unknown */
+static pthread_once_t umask_once = PTHREAD_ONCE_INIT;
+
+/* Read without changing it (umask() can only set): /proc/self/status has it
+ * since Linux 4.7. egressd never changes its umask while running. */
+static void read_umask(void)
+{
+	FILE *f = fopen("/proc/self/status", "re");
+	char line[128];
+	unsigned int m;
+
+	if (!f)
+		return;
+	while (fgets(line, sizeof(line), f))
+		if (sscanf(line, "Umask: %o", &m) == 1) {
+			umask_bits = (int)(m & 0777);
+			break;
+		}
+	fclose(f);
+}
+
+/*
+ * A new temp file beside @path, created with @mode: a name from the pid and
+ * a counter, O_EXCL; mkostemp() if that name is taken (a crashed run's
+ * leftover). *chmod_needed when the umask took bits off @mode. The file is
+ * rewritten on every answer of a busy proxy: no random name, and no
+ * fchmod() (an inode update on ext4) when the umask lets @mode through.
+ */
+static int create_temp(const char *path, mode_t mode, char **tmp, int *chmod_needed)
+{
+	static unsigned int counter;
+	unsigned int n = __atomic_add_fetch(&counter, 1, __ATOMIC_RELAXED);
+	int fd;
+
+	pthread_once(&umask_once, read_umask);
+	*chmod_needed = umask_bits < 0 || (mode & (mode_t)umask_bits);
+	if (asprintf(tmp, "%s.tmp.%d.%u", path, (int)getpid(), n) < 0) {
+		*tmp = NULL;
+		return -ENOMEM;
+	}
+	fd = open(*tmp, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, mode);
+	if (fd >= 0 || errno != EEXIST)
+		return fd >= 0 ? fd : -errno;
+	free(*tmp);
+	if (asprintf(tmp, "%s.tmp.XXXXXX", path) < 0) {
+		*tmp = NULL;
+		return -ENOMEM;
+	}
+	*chmod_needed = 1; /* mkostemp() makes it 0600 */
+	fd = mkostemp(*tmp, O_CLOEXEC);
+	return fd >= 0 ? fd : -errno;
+}
+
 int egd_write_file_atomic_sync(const char *path, const void *data, size_t len, mode_t mode,
 			       int sync)
 {
-	char *tmp;
-	int fd, err;
+	char *tmp = NULL;
+	int fd, err, chmod_needed;
 
 	/* Same directory as the target, so rename() is atomic. */
-	if (asprintf(&tmp, "%s.tmp.XXXXXX", path) < 0)
-		return -ENOMEM;
-	fd = mkostemp(tmp, O_CLOEXEC);
+	fd = create_temp(path, mode, &tmp, &chmod_needed);
 	if (fd < 0) {
-		err = -errno;
+		err = fd;
 		goto err_free;
 	}
 	err = egd_write_all(fd, data, len);
-	if (!err && fchmod(fd, mode))
+	if (!err && chmod_needed && fchmod(fd, mode))
 		err = -errno;
 	if (!err && sync && fsync(fd))
 		err = -errno;

@@ -506,23 +506,18 @@ static const char *nonempty(const char *s)
 	return s && *s ? s : NULL;
 }
 
-static int min_digits(const double *v, size_t n)
-{
-	for (size_t i = 0; i < n; i++)
-		if (egd_json_real_digits(v[i]) > 15)
-			return 17;
-	return 15;
-}
-
 /* The line egd_inference_line_json() writes, from the fields; NULL when a
  * string needs jansson's escaping. */
 static char *inference_line_fast(const struct egd_inference *r, const struct egd_usage *u,
 				 const char *error, const char *ts)
 {
-	const double reals[] = { r->total_cost_usd, r->budget_remaining_usd, r->cost_usd };
+	struct egd_jreal total, remaining, cost;
 	struct egd_jw w;
 
-	egd_jw_init(&w, min_digits(reals, 3));
+	egd_jreal_prepare(&total, r->total_cost_usd);
+	egd_jreal_prepare(&remaining, r->budget_remaining_usd);
+	egd_jreal_prepare(&cost, r->cost_usd);
+	egd_jw_init(&w, total.digits > 15 || remaining.digits > 15 || cost.digits > 15 ? 17 : 15);
 	egd_jw_raw(&w, "{\"endpoint\":", 12);
 	egd_jw_str(&w, r->endpoint ? r->endpoint : "");
 	egd_jw_raw(&w, ",\"model\":", 9);
@@ -530,9 +525,9 @@ static char *inference_line_fast(const struct egd_inference *r, const struct egd
 	egd_jw_raw(&w, ",\"status_code\":", 15);
 	egd_jw_int(&w, r->status_code);
 	egd_jw_raw(&w, ",\"total_cost_usd\":", 18);
-	egd_jw_real(&w, r->total_cost_usd);
+	egd_jw_real_prepared(&w, &total);
 	egd_jw_raw(&w, ",\"budget_remaining_usd\":", 24);
-	egd_jw_real(&w, r->budget_remaining_usd);
+	egd_jw_real_prepared(&w, &remaining);
 	egd_jw_raw(&w, ",\"timestamp\":", 13);
 	egd_jw_str(&w, ts);
 	egd_jw_raw(&w, ",\"routed_model\":", 16);
@@ -544,7 +539,7 @@ static char *inference_line_fast(const struct egd_inference *r, const struct egd
 	egd_jw_raw(&w, ",\"completion_tokens\":", 21);
 	egd_jw_int(&w, u->completion_tokens);
 	egd_jw_raw(&w, ",\"cost_usd\":", 12);
-	egd_jw_real(&w, r->cost_usd);
+	egd_jw_real_prepared(&w, &cost);
 	egd_jw_raw(&w, ",\"latency_ms\":", 14);
 	egd_jw_int(&w, r->latency_ms);
 	egd_jw_raw(&w, ",\"generation_id\":", 17);

@@ -86,21 +86,11 @@ void egd_jw_int(struct egd_jw *w, long long v)
 	egd_jw_raw(w, num, (size_t)n);
 }
 
-void egd_jw_real(struct egd_jw *w, double v)
+/* @num (@n bytes of %g output, room for 3 more) as jansson writes it. */
+static void put_g(struct egd_jw *w, char *num, int n)
 {
-	char num[40], *e;
-	int n;
+	char *e = strchr(num, 'e');
 
-	if (!isfinite(v)) {
-		w->failed = 1;
-		return;
-	}
-	n = snprintf(num, sizeof(num), "%.*g", w->digits, v);
-	if (n < 0 || (size_t)n >= sizeof(num) - 3) {
-		w->failed = 1;
-		return;
-	}
-	e = strchr(num, 'e');
 	if (!e && !strchr(num, '.')) {
 		memcpy(num + n, ".0", 3);
 		n += 2;
@@ -118,6 +108,45 @@ void egd_jw_real(struct egd_jw *w, double v)
 		n = (int)strlen(num);
 	}
 	egd_jw_raw(w, num, (size_t)n);
+}
+
+void egd_jw_real(struct egd_jw *w, double v)
+{
+	char num[40];
+	int n;
+
+	if (!isfinite(v)) {
+		w->failed = 1;
+		return;
+	}
+	n = snprintf(num, sizeof(num), "%.*g", w->digits, v);
+	if (n < 0 || (size_t)n >= sizeof(num) - 3) {
+		w->failed = 1;
+		return;
+	}
+	put_g(w, num, n);
+}
+
+void egd_jreal_prepare(struct egd_jreal *r, double v)
+{
+	int n = snprintf(r->s15, sizeof(r->s15), "%.15g", v);
+
+	r->v = v;
+	if (n < 0 || (size_t)n >= sizeof(r->s15) - 3)
+		r->s15[0] = '\0'; /* not kept: egd_jw_real_prepared formats */
+	r->digits = strtod(r->s15, NULL) == v && r->s15[0] ? 15 : 17;
+}
+
+void egd_jw_real_prepared(struct egd_jw *w, const struct egd_jreal *r)
+{
+	char num[40];
+
+	if (w->digits != 15 || !r->s15[0] || !isfinite(r->v)) {
+		egd_jw_real(w, r->v);
+		return;
+	}
+	memcpy(num, r->s15, sizeof(r->s15));
+	put_g(w, num, (int)strlen(num));
 }
 
 void egd_jw_flat_object(struct egd_jw *w, const json_t *o)

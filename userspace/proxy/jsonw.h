@@ -47,4 +47,15 @@ char *egd_jw_take(struct egd_jw *w);
  * which takes the smaller for an object only when all its reals allow it. */
 int egd_json_real_digits(double v);
 
+/* A real formatted once at 15 digits for the rule above and kept, so that
+ * writing it at 15 digits does not format it again. */
+struct egd_jreal {
+	double v;
+	int digits; /* egd_json_real_digits(v) */
+	char s15[32];
+};
+void egd_jreal_prepare(struct egd_jreal *r, double v);
+/* As egd_jw_real(w, r->v). */
+void egd_jw_real_prepared(struct egd_jw *w, const struct egd_jreal *r);
+
 #endif /* EGD_PROXY_JSONW_H */
