@@ -277,6 +277,12 @@ static void test_usage_scanner_agrees_with_jansson(void **state)
 		{ "{\"usage\":{\"cost\":1},\"usage\":{\"cost\":2.5E+1},\"model\":[\"a\"],\"id\":null}",
 		  1 },
 		{ "{}", 1 },
+		{ "{\"usage\":{\"cost\":\"0.5\",\"prompt_tokens\":12.0,\"completion_tokens\":-3},"
+		  "\"error\":null,\"model\":5}",
+		  1 },
+		{ "{\"usage\":{\"cost\":-0.0,\"cost\":7,\"prompt_tokens\":1,\"prompt_tokens\":2}}", 1 },
+		{ "{\"usage\":{\"co\\u0073t\":0.5},\"model\":\"m\\/x\"}", 1 },
+		{ "{\"usage\":[1],\"id\":\"gen\"}", 1 },
 		{ "{\"x\":[1,-0,0.5e-3,true,false,null,{},[]],\"usage\":{\"cost\":-1}}", 1 },
 		/* An escaped name could spell "usage": jansson reads it. */
 		{ "{\"us\\u0061ge\":{\"cost\":0.5}}", 0 },

@@ -409,6 +409,117 @@ int egd_usage_scannable(const char *body, size_t len)
 	return scan_answer(body, len, span) == 0;
 }
 
+/* A number token that checked text holds at [a, b): as jansson reads it,
+ * an integer (*is_int) unless it has a fraction or an exponent. The scanner
+ * let through only integers that fit and reals that do not overflow. */
+static double number_value(const unsigned char *a, const unsigned char *b, int *is_int,
+			   long long *i)
+{
+	char buf[SCAN_NUMBER_MAX_BYTES + 1];
+	size_t n = (size_t)(b - a);
+
+	memcpy(buf, a, n);
+	buf[n] = '\0';
+	*is_int = !strpbrk(buf, ".eE");
+	if (*is_int) {
+		*i = strtoll(buf, NULL, 10);
+		return (double)*i;
+	}
+	return strtod(buf, NULL);
+}
+
+/*
+ * The members read straight from the checked text, as egd_usage_merge()
+ * reads them from a tree (the strings cut as its snprintf() cuts them); -1
+ * where that would take more than this: an escaped string, an error, an
+ * escaped name inside "usage". @u is zeroed by the caller.
+ */
+static int read_direct(const unsigned char *span[M_COUNT][2], struct egd_usage *u)
+{
+	static const int str_members[] = { M_MODEL, M_PROVIDER, M_ID };
+	char *const dst[] = { u->model, u->provider, u->generation_id };
+	enum { K_COST, K_PROMPT, K_COMPLETION, K_COUNT };
+	static const char *const keys[K_COUNT] = { "cost", "prompt_tokens", "completion_tokens" };
+	const unsigned char *kv[K_COUNT][2] = { { 0 } };
+	struct scan s;
+	long long iv;
+	int is_int;
+	double v;
+
+	if (span[M_ERROR][0] && !(span[M_ERROR][1] - span[M_ERROR][0] == 4 &&
+				  !memcmp(span[M_ERROR][0], "null", 4)))
+		return -1;
+	for (size_t k = 0; k < 3; k++) {
+		const unsigned char *a = span[str_members[k]][0], *b = span[str_members[k]][1];
+		size_t n;
+
+		if (!a || *a != '"')
+			continue;
+		a++;
+		b--;
+		if (memchr(a, '\\', (size_t)(b - a)))
+			return -1;
+		n = (size_t)(b - a) < EGD_USAGE_NAME_MAX_BYTES - 1 ? (size_t)(b - a)
+								   : EGD_USAGE_NAME_MAX_BYTES - 1;
+		memcpy(dst[k], a, n);
+		dst[k][n] = '\0';
+	}
+	if (!span[M_USAGE][0] || *span[M_USAGE][0] != '{')
+		return 0;
+	/* The object was checked whole: walk its members, last one wins. */
+	s = (struct scan){ span[M_USAGE][0] + 1, span[M_USAGE][1], 2 };
+	for (;;) {
+		const unsigned char *key, *value;
+		int escaped;
+
+		skip_ws(&s);
+		if (*s.p == '}')
+			break;
+		key = s.p + 1;
+		if (scan_string(&s, &escaped) || escaped)
+			return -1;
+		for (int k = 0; k < K_COUNT; k++) {
+			if (strlen(keys[k]) == (size_t)(s.p - 1 - key) &&
+			    !memcmp(key, keys[k], strlen(keys[k]))) {
+				skip_ws(&s);
+				s.p++; /* ':' */
+				skip_ws(&s);
+				value = s.p;
+				if (scan_value(&s))
+					return -1;
+				kv[k][0] = value;
+				kv[k][1] = s.p;
+				goto next;
+			}
+		}
+		skip_ws(&s);
+		s.p++; /* ':' */
+		if (scan_value(&s))
+			return -1;
+next:
+		skip_ws(&s);
+		if (*s.p++ == '}')
+			break;
+	}
+	for (int k = 0; k < K_COUNT; k++) {
+		const unsigned char *a = kv[k][0];
+
+		if (!a || !(*a == '-' || (*a >= '0' && *a <= '9')))
+			continue; /* absent, or not a number */
+		v = number_value(a, kv[k][1], &is_int, &iv);
+		if (k == K_COST) {
+			/* A negative or non-finite cost would credit the budget. */
+			if (isfinite(v) && v >= 0) {
+				u->has_cost = 1;
+				u->cost_usd = v;
+			}
+		} else if (is_int && iv >= 0) {
+			*(k == K_PROMPT ? &u->prompt_tokens : &u->completion_tokens) = iv;
+		}
+	}
+	return 0;
+}
+
 int egd_usage_from_body(const char *body, size_t len, struct egd_usage *u)
 {
 	const unsigned char *span[M_COUNT][2];
@@ -418,6 +529,9 @@ int egd_usage_from_body(const char *body, size_t len, struct egd_usage *u)
 
 	if (scan_answer(body, len, span))
 		return egd_usage_from_body_full(body, len, u);
+	memset(u, 0, sizeof(*u));
+	if (!read_direct(span, u))
+		return 0;
 	for (int m = 0; m < M_COUNT; m++)
 		if (span[m][0])
 			need += strlen(member_names[m]) + 4 + (size_t)(span[m][1] - span[m][0]);
