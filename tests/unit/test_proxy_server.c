@@ -195,6 +195,10 @@ static int group_teardown(void **state)
 struct req {
 	const char *raw;
 	int tls;
+	/* Stall the proxy's loop while the request is written, so all of it
+	 * is queued before the proxy reads; headers and body as two writes
+	 * (as Python's http.client sends them). */
+	int queue_whole;
 	pid_t kill_first; /* take the upstream down before this request */
 	char resp[RESP_MAX_BYTES];
 	size_t len;
@@ -213,6 +217,7 @@ struct t {
 	int tls_port;
 	/* The client thread says it is done through this. */
 	struct egd_watch done;
+	struct egd_watch stall; /* a busy loop, on demand (req.queue_whole) */
 	struct egd_timer deadline;
 	struct req reqs[MAX_REQS];
 	size_t nreqs;
@@ -248,11 +253,27 @@ static void tls_accept_cb(struct egd_watch *w, uint32_t events)
 	fd = accept(w->fd, NULL, NULL);
 	if (fd < 0)
 		return;
+	{
+		/* Room for a whole large request while the loop is stalled. */
+		int big = 4 << 20;
+
+		setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &big, sizeof(big));
+	}
 	/* A blocking read of part of the ClientHello: the rest stays on the
 	 * socket, so both the prefix and the socket path are exercised. */
 	n = recv(fd, prefix, sizeof(prefix), 0);
 	assert_true(n > 0);
 	assert_int_equal(egd_proxy_serve_tls(t->proxy, fd, "openrouter.ai", prefix, (size_t)n), 0);
+}
+
+/* The loop is busy elsewhere for half a second. */
+static void stall_cb(struct egd_watch *w, uint32_t events)
+{
+	uint64_t n;
+
+	(void)events;
+	if (read(w->fd, &n, sizeof(n)) == sizeof(n))
+		usleep(500 * 1000);
 }
 
 static void done_cb(struct egd_watch *w, uint32_t events)
@@ -312,6 +333,10 @@ static struct t *t_new(struct env env)
 	t->done.cb = done_cb;
 	assert_int_equal(egd_loop_add(t->loop, &t->done, EPOLLIN), 0);
 	t->deadline.cb = deadline_cb;
+	t->stall.cb = stall_cb;
+	t->stall.fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+	assert_true(t->stall.fd >= 0);
+	assert_int_equal(egd_loop_add(t->loop, &t->stall, EPOLLIN), 0);
 	return t;
 }
 
@@ -328,6 +353,8 @@ static void t_free(struct t *t)
 	close(t->tls_listen.fd);
 	egd_loop_del(t->loop, &t->done);
 	close(t->done.fd);
+	egd_loop_del(t->loop, &t->stall);
+	close(t->stall.fd);
 	egd_timer_cancel(t->loop, &t->deadline);
 	egd_loop_free(t->loop);
 	egd_proxy_config_free(&t->cfg);
@@ -404,7 +431,18 @@ static void do_tls(int port, struct req *r)
 		r->len = (size_t)snprintf(r->resp, sizeof(r->resp), "ALPN=%.*s\n", (int)alen,
 					  alpn);
 	}
-	SSL_write(ssl, r->raw, (int)strlen(r->raw));
+	if (r->queue_whole) {
+		static const uint64_t one = 1;
+		const char *head_end = strstr(r->raw, "\r\n\r\n");
+		size_t hl = head_end ? (size_t)(head_end + 4 - r->raw) : strlen(r->raw);
+
+		assert_int_equal(write(g_t->stall.fd, &one, sizeof(one)), sizeof(one));
+		SSL_write(ssl, r->raw, (int)hl);
+		if (strlen(r->raw) > hl)
+			SSL_write(ssl, r->raw + hl, (int)(strlen(r->raw) - hl));
+	} else {
+		SSL_write(ssl, r->raw, (int)strlen(r->raw));
+	}
 	while (r->len < sizeof(r->resp) - 1 &&
 	       (n = SSL_read(ssl, r->resp + r->len, (int)(sizeof(r->resp) - 1 - r->len))) > 0)
 		r->len += (size_t)n;
@@ -999,6 +1037,48 @@ static void test_tls_handover_with_prefix(void **state)
 	t_free(t);
 }
 
+/*
+ * A request larger than the pipeline buffer (256 KiB), all of it queued
+ * before the proxy reads: reading stops at the cap with the last TLS
+ * record already inside OpenSSL (read-ahead), where no epoll event will
+ * announce it. The proxy must read it once there is room, not wait for the
+ * client until the idle timeout. (Found in review; fails without
+ * conn_check_pending().)
+ */
+static void test_tls_request_beyond_pipeline_cap(void **state)
+{
+	static const char pre[] = "{\"model\":\"openai/gpt-4o\",\"messages\":[{\"role\":"
+				  "\"user\",\"content\":\"";
+	static const char post_[] = "\"}]}";
+	size_t pad = 16800, blen = 15 * 16384 + 200;
+	struct t *t = t_new(base_env(g_base_url));
+	char *padv = malloc(pad + 1), *body = malloc(blen + 1), *req;
+	unsigned long long t0;
+
+	(void)state;
+	memset(padv, 'p', pad);
+	padv[pad] = '\0';
+	memcpy(body, pre, sizeof(pre) - 1);
+	memset(body + sizeof(pre) - 1, 'a', blen - (sizeof(pre) - 1) - (sizeof(post_) - 1));
+	memcpy(body + blen - (sizeof(post_) - 1), post_, sizeof(post_));
+	assert_true(asprintf(&req,
+			     "POST /api/v1/chat/completions HTTP/1.1\r\nHost: openrouter.ai\r\n"
+			     "Authorization: Bearer " KEY "\r\nContent-Type: application/json\r\n"
+			     "X-Pad: %s\r\nContent-Length: %zu\r\nConnection: close\r\n\r\n%s",
+			     padv, blen, body) > 0);
+	t_add(t, req, 1);
+	t->reqs[0].queue_whole = 1;
+	t0 = egd_now_ms();
+	t_run(t);
+	assert_int_equal(status_of(t->reqs[0].resp), 200);
+	/* The stall is 0.5 s; the idle timeout is minutes. */
+	assert_true(egd_now_ms() - t0 < 5000);
+	free(padv);
+	free(body);
+	free(req);
+	t_free(t);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -1013,6 +1093,7 @@ int main(void)
 		cmocka_unit_test(test_over_cap_answer_withheld),
 		cmocka_unit_test(test_keep_alive_requests_reuse_upstream),
 		cmocka_unit_test(test_keep_alive_other_key_still_checked),
+		cmocka_unit_test(test_tls_request_beyond_pipeline_cap),
 		cmocka_unit_test(test_stream_broken_midway_truncated_and_charged),
 		cmocka_unit_test(test_request_limits),
 		cmocka_unit_test(test_upstream_name_verified),

@@ -295,6 +295,9 @@ int egd_loop_run(struct egd_loop *loop)
 		for (size_t i = 0; i < loop->on_turn_len; i++)
 			loop->on_turn[i].cb(loop->on_turn[i].arg);
 	}
+	/* Stopped mid-turn: what the turn batched is still written. */
+	for (size_t i = 0; i < loop->on_turn_len; i++)
+		loop->on_turn[i].cb(loop->on_turn[i].arg);
 	return 0;
 }
 

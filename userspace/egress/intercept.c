@@ -27,9 +27,11 @@
 #include <sys/eventfd.h>
 #include <unistd.h>
 
-/* Connections queued to one proxy and not yet taken: beyond this the
- * proxy's thread is far behind, and a new one is refused (reset). */
+/* Connections queued to one proxy and not yet taken, and the bytes they
+ * carry (each up to a 16 KiB ClientHello): beyond either the proxy's
+ * thread is far behind, and a new one is refused (reset). */
 #define INTERCEPT_QUEUE_MAX 4096
+#define INTERCEPT_QUEUE_MAX_BYTES (16 * 1024 * 1024)
 
 struct handoff {
 	struct handoff *next;
@@ -48,6 +50,7 @@ struct inbox {
 	pthread_mutex_t mu;
 	struct handoff *head, **tail; /* FIFO, under mu */
 	unsigned int queued;
+	size_t queued_bytes;
 };
 
 struct egd_intercept {
@@ -84,6 +87,7 @@ static void on_wake(struct egd_watch *w, uint32_t events)
 	in->head = NULL;
 	in->tail = &in->head;
 	in->queued = 0;
+	in->queued_bytes = 0;
 	pthread_mutex_unlock(&in->mu);
 	for (; h; h = next) {
 		next = h->next;
@@ -266,10 +270,12 @@ int egd_intercept_handoff(struct egd_intercept *ic, unsigned int worker, int fd,
 	h->len = prefix_len;
 	memcpy(h->prefix, prefix, prefix_len);
 	pthread_mutex_lock(&in->mu);
-	if (in->queued < INTERCEPT_QUEUE_MAX) {
+	if (in->queued < INTERCEPT_QUEUE_MAX &&
+	    in->queued_bytes + prefix_len <= INTERCEPT_QUEUE_MAX_BYTES) {
 		*in->tail = h;
 		in->tail = &h->next;
 		in->queued++;
+		in->queued_bytes += prefix_len;
 		err = 0;
 	}
 	pthread_mutex_unlock(&in->mu);

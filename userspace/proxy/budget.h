@@ -154,7 +154,9 @@ char *egd_inference_line_json(const struct egd_inference *r);
  * open) and the usage file rewritten with the newest state (temp file
  * swapped in; skipped when another thread already wrote that state). Only
  * then do the answers leave, so a daemon killed at any point loses nothing
- * it answered. The fsyncs that guard against a crash of the machine run on a
+ * it answered. (A stream's content leaves as it comes; what waits is its
+ * terminating chunk. A commit that fails, a full disk say, is logged and
+ * the answers still leave: the ledger in memory keeps enforcing the cap.) The fsyncs that guard against a crash of the machine run on a
  * syncer thread, one per file per round; the event loops never wait for the
  * disk. destroy() flushes. @len may be 0 (usage file only). 0 or the first
  * -errno.

@@ -26,8 +26,8 @@ void egd_jw_init(struct egd_jw *w, int digits);
 void egd_jw_fini(struct egd_jw *w);
 
 void egd_jw_raw(struct egd_jw *w, const char *s, size_t n);
-/* "s", or null for NULL when @null_ok; a string that needs more than \" and
- * \\ (a control byte, a non-ASCII byte) fails the writer. */
+/* "s" (egd_jw_str_or_null(): null for NULL); a string that needs more than
+ * \" and \\ (a control byte, a non-ASCII byte) fails the writer. */
 void egd_jw_str(struct egd_jw *w, const char *s);
 void egd_jw_str_or_null(struct egd_jw *w, const char *s);
 void egd_jw_int(struct egd_jw *w, long long v);

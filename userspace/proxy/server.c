@@ -74,6 +74,8 @@ struct pconn {
 	int in_ucb;
 	int in_process; /* conn_process() is on the stack: it will go on */
 	int held;	 /* output waits for the turn's commit (proxy_commit()) */
+	int resume_pending; /* conn_resume() is deferred */
+	int read_capped;    /* the last read stopped at the pipeline cap */
 	struct pconn *held_next;
 
 	/* The request being answered. */
@@ -144,6 +146,8 @@ static void conn_close(struct pconn *c);
 static void conn_flush(struct pconn *c);
 static void conn_process(struct pconn *c);
 static void conn_update_events(struct pconn *c);
+static void conn_read_all(struct pconn *c);
+static void conn_check_pending(struct pconn *c);
 static void ws_lookup_start(struct egd_proxy *p);
 static void act_on_result(struct pconn *c);
 static void abandon_request(struct pconn *c);
@@ -884,6 +888,8 @@ static void conn_process(struct pconn *c)
 		c->in_len -= off;
 	}
 	conn_flush(c);
+	if (!c->dead)
+		conn_check_pending(c);
 }
 
 /* ---- the workspace lookup ------------------------------------------------ */
@@ -1027,7 +1033,12 @@ static void conn_read_all(struct pconn *c)
 {
 	uint8_t buf[SRV_READ_CHUNK_BYTES];
 
-	while (!c->dead && !c->peer_eof && c->in_len < EGD_PROXY_PIPELINE_MAX_BYTES) {
+	c->read_capped = 0;
+	while (!c->dead && !c->peer_eof) {
+		if (c->in_len >= EGD_PROXY_PIPELINE_MAX_BYTES) {
+			c->read_capped = 1; /* stopped by the cap, not the socket */
+			break;
+		}
 		ssize_t n = conn_read(c, buf, sizeof(buf));
 
 		if (n == -EAGAIN)
@@ -1054,6 +1065,40 @@ static void conn_read_all(struct pconn *c)
 		if (conn_drained(c, (size_t)n, sizeof(buf)))
 			break;
 	}
+}
+
+/* Deferred by conn_check_pending(): read what OpenSSL holds. */
+static void conn_resume(void *arg)
+{
+	struct pconn *c = arg;
+
+	c->resume_pending = 0;
+	if (c->dead)
+		return; /* its free is deferred after this */
+	conn_read_all(c);
+	if (!c->dead)
+		conn_process(c);
+}
+
+/*
+ * With read-ahead, OpenSSL may hold bytes it already took off the socket
+ * (the rest of a pipelined request, a record read with the one before)
+ * while reading stopped: the pipeline buffer was full, or a request was
+ * busy. No epoll event will announce them, so once there is room they are
+ * read on the loop's next pass (deferred: no recursion into the parser).
+ */
+static void conn_check_pending(struct pconn *c)
+{
+	/* Only after a read stopped by the cap: one that stopped on the socket
+	 * left at most a partial record, which the socket's next bytes (and
+	 * their epoll event) complete. */
+	if (c->dead || !c->ssl || c->handshaking || c->resume_pending || !c->read_capped ||
+	    c->peer_eof || c->close_after || c->in_len >= EGD_PROXY_PIPELINE_MAX_BYTES ||
+	    !SSL_has_pending(c->ssl))
+		return;
+	c->resume_pending = 1;
+	if (egd_loop_defer(c->p->loop, conn_resume, c))
+		c->resume_pending = 0;
 }
 
 static void conn_cb(struct egd_watch *w, uint32_t events)

@@ -31,7 +31,7 @@ static int sb_read(BIO *b, char *out, int len)
 	if (n < 0) {
 		if (errno == EAGAIN || errno == EINTR) {
 			BIO_set_retry_read(b);
-			s->drained = 1;
+			s->drained = errno == EAGAIN;
 		}
 		return -1;
 	}

@@ -2,10 +2,12 @@
 /*
  * An OpenSSL BIO over a non-blocking socket that remembers whether its last
  * read() came back short. OpenSSL's own socket BIO does not say, and the
- * proxy needs it to stop reading a socket it knows is empty: with read-ahead
- * a TLS record arrives whole in one read(), and a short read means the socket
- * is drained, so the read that would only say EAGAIN is skipped (the event
- * loop is level-triggered: a later byte is reported again).
+ * proxy needs it to stop reading a socket it knows is empty: a short read
+ * means the socket held no more, so the read that would only say EAGAIN is
+ * skipped (the event loop is level-triggered: a later byte is reported
+ * again). The flag is conservative: OpenSSL sometimes asks for exactly the
+ * rest of a record, and a full read then says "maybe more" when there was
+ * none, which costs one read, never a stall.
  */
 #ifndef EGD_PROXY_SOCKBIO_H
 #define EGD_PROXY_SOCKBIO_H

@@ -335,7 +335,6 @@ static int conn_start_connect(struct uconn *c)
 static int conn_start_tls(struct uconn *c)
 {
 	struct egd_upstream *u = c->u;
-
 	BIO *b;
 
 	c->ssl = SSL_new(u->ssl_ctx);
@@ -435,6 +434,10 @@ static void req_complete(struct egd_upstream_req *r, int reusable)
 
 	c->req = NULL;
 	r->c = NULL;
+	/* Bytes past the answer, already inside OpenSSL (read-ahead), would
+	 * start the next answer on this connection: not reusable. */
+	if (reusable && c->ssl && SSL_has_pending(c->ssl))
+		reusable = 0;
 	if (reusable && u->nidle < EGD_UPSTREAM_POOL_MAX_IDLE) {
 		c->state = C_IDLE;
 		c->reused = 1;
