@@ -861,10 +861,22 @@ static void test_over_cap_answer_withheld(void **state)
 	free(req);
 }
 
+/* @first without its "Connection: close", then @second: two requests for
+ * one keep-alive connection. Frees neither. */
+static char *keep_alive_then(char *first, const char *second)
+{
+	static const char close_hdr[] = "Connection: close\r\n";
+	char *a = strstr(first, close_hdr), *both;
+
+	assert_non_null(a);
+	memmove(a, a + strlen(close_hdr), strlen(a + strlen(close_hdr)) + 1);
+	assert_true(asprintf(&both, "%s%s", first, second) > 0);
+	return both;
+}
+
 static void test_keep_alive_requests_reuse_upstream(void **state)
 {
 	struct t *t = t_new(base_env(g_base_url));
-	static const char close_hdr[] = "Connection: close\r\n";
 	char *first = chat("{\"model\":\"openai/gpt-4o\",\"messages\":[]}",
 			   "Connection: keep-alive\r\n");
 	char *second = chat("{\"model\":\"openai/gpt-4o\",\"messages\":[],\"stream\":true}",
@@ -873,9 +885,7 @@ static void test_keep_alive_requests_reuse_upstream(void **state)
 
 	(void)state;
 	/* chat() ends each with Connection: close; the first must not. */
-	a = strstr(first, close_hdr);
-	memmove(a, a + strlen(close_hdr), strlen(a + strlen(close_hdr)) + 1);
-	assert_true(asprintf(&both, "%s%s", first, second) > 0);
+	both = keep_alive_then(first, second);
 	t_add(t, both, 0);
 	t_run(t);
 	a = strstr(t->reqs[0].resp, "HTTP/1.1 200");
@@ -897,7 +907,6 @@ static void test_keep_alive_requests_reuse_upstream(void **state)
 static void test_keep_alive_other_key_still_checked(void **state)
 {
 	struct t *t = t_new(base_env(g_base_url));
-	static const char close_hdr[] = "Connection: close\r\n";
 	char *first = chat("{\"model\":\"openai/gpt-4o\",\"messages\":[]}",
 			   "Connection: keep-alive\r\n");
 	char *second = post("/api/v1/chat/completions",
@@ -907,10 +916,7 @@ static void test_keep_alive_other_key_still_checked(void **state)
 	char *both, *a, *b;
 
 	(void)state;
-	a = strstr(first, close_hdr);
-	assert_non_null(a);
-	memmove(a, a + strlen(close_hdr), strlen(a + strlen(close_hdr)) + 1);
-	assert_true(asprintf(&both, "%s%s", first, second) > 0);
+	both = keep_alive_then(first, second);
 	t_add(t, both, 0);
 	t_run(t);
 	a = strstr(t->reqs[0].resp, "HTTP/1.1 200");
