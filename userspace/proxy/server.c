@@ -148,6 +148,7 @@ static void conn_process(struct pconn *c);
 static void conn_update_events(struct pconn *c);
 static void conn_read_all(struct pconn *c);
 static void conn_check_pending(struct pconn *c);
+static void conn_defer_read(struct pconn *c);
 static void ws_lookup_start(struct egd_proxy *p);
 static void act_on_result(struct pconn *c);
 static void abandon_request(struct pconn *c);
@@ -1000,6 +1001,12 @@ static void conn_handshake(struct pconn *c)
 			c->handshaking = 0;
 			c->ssl_want_write = 0;
 			conn_arm_idle(c);
+			/* The read that took the client's Finished may have taken
+			 * its request too (read-ahead): no epoll event will come
+			 * for it, and egd_proxy_serve_tls() does not read after
+			 * a handshake that completes there. */
+			if (SSL_has_pending(c->ssl))
+				conn_defer_read(c);
 			return;
 		}
 		e = SSL_get_error(c->ssl, e);
@@ -1087,6 +1094,15 @@ static void conn_resume(void *arg)
  * busy. No epoll event will announce them, so once there is room they are
  * read on the loop's next pass (deferred: no recursion into the parser).
  */
+static void conn_defer_read(struct pconn *c)
+{
+	if (c->resume_pending)
+		return;
+	c->resume_pending = 1;
+	if (egd_loop_defer(c->p->loop, conn_resume, c))
+		c->resume_pending = 0;
+}
+
 static void conn_check_pending(struct pconn *c)
 {
 	/* Only after a read stopped by the cap: one that stopped on the socket
@@ -1096,9 +1112,7 @@ static void conn_check_pending(struct pconn *c)
 	    c->peer_eof || c->close_after || c->in_len >= EGD_PROXY_PIPELINE_MAX_BYTES ||
 	    !SSL_has_pending(c->ssl))
 		return;
-	c->resume_pending = 1;
-	if (egd_loop_defer(c->p->loop, conn_resume, c))
-		c->resume_pending = 0;
+	conn_defer_read(c);
 }
 
 static void conn_cb(struct egd_watch *w, uint32_t events)
