@@ -476,8 +476,10 @@ static ssize_t conn_read(struct uconn *c, void *buf, size_t len)
 	}
 	if (e == SSL_ERROR_ZERO_RETURN)
 		return 0;
-	/* A close without close_notify: the http1 parser judges whether the
-	 * message was complete. */
+	/* A failed read with nothing queued. A close without close_notify is
+	 * not this: OpenSSL 3 reports it as SSL_ERROR_SSL (unexpected EOF),
+	 * so it is -EPROTO below and the request fails (502), whatever the
+	 * parser would have said of a body read to the end. */
 	if (e == SSL_ERROR_SYSCALL && !ERR_peek_error())
 		return errno && errno != EAGAIN ? -errno : 0;
 	return -EPROTO;
