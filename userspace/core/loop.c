@@ -295,9 +295,11 @@ int egd_loop_run(struct egd_loop *loop)
 		for (size_t i = 0; i < loop->on_turn_len; i++)
 			loop->on_turn[i].cb(loop->on_turn[i].arg);
 	}
-	/* Stopped mid-turn: what the turn batched is still written. */
-	for (size_t i = 0; i < loop->on_turn_len; i++)
-		loop->on_turn[i].cb(loop->on_turn[i].arg);
+	/* Stopped in a turn that put its hooks off for another look: what it
+	 * batched is still written. */
+	if (polls)
+		for (size_t i = 0; i < loop->on_turn_len; i++)
+			loop->on_turn[i].cb(loop->on_turn[i].arg);
 	return 0;
 }
 
