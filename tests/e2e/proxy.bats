@@ -218,3 +218,60 @@ twelve_chats() {
 	[ "$status" -ne 0 ]
 	[[ "$output" == *"pod CA"* ]]
 }
+
+@test "EGRESSD_MAX_CONNS bounds the proxy's connections too: one more is reset" {
+	# Without the bound an agent could hold any number of TLS sessions to
+	# the LLM host (the engine hands each one to the proxy and forgets it)
+	# or of connections to the proxy's own listener.
+	egd_start_proxy --max-conns 4
+	agent python3 - "$SRV4" "$T/ca/ca-bundle.crt" <<'PY'
+import socket, ssl, sys, time
+
+addr, cafile = sys.argv[1], sys.argv[2]
+ctx = ssl.create_default_context(cafile=cafile)
+
+def dial():
+    s = socket.create_connection((addr, 443), timeout=5)
+    return ctx.wrap_socket(s, server_hostname="openrouter.ai")
+
+def refused():
+    try:
+        dial().close()
+        return False
+    except (OSError, ssl.SSLError):
+        return True
+
+held = [dial() for _ in range(4)]  # handshakes done: the proxy holds them
+assert refused(), "a fifth connection was served beyond --max-conns 4"
+held.pop().close()
+deadline = time.time() + 5
+while True:  # the proxy gives the slot back once it reads the close
+    try:
+        held.append(dial())
+        break
+    except (OSError, ssl.SSLError):
+        assert time.time() < deadline, "no slot came back after a close"
+        time.sleep(0.1)
+assert refused(), "the limit did not hold after a slot was reused"
+
+def listener_answers():
+    # The proxy's own plain listener, which the agent reaches directly.
+    s = socket.create_connection(("127.0.0.1", 8080), timeout=5)
+    try:
+        s.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        return s.recv(64).startswith(b"HTTP/1.1 ")
+    except OSError:
+        return False
+    finally:
+        s.close()
+
+assert not listener_answers(), "the proxy's listener served beyond --max-conns 4"
+held.pop().close()
+deadline = time.time() + 5
+while not listener_answers():
+    assert time.time() < deadline, "the listener got no slot after a close"
+    time.sleep(0.1)
+PY
+	[ "$(metric egressd_overload_resets_total)" -ge 2 ]
+	[ "$(metric egressd_proxy_overload_resets_total)" -ge 1 ]
+}

@@ -455,7 +455,8 @@ static int start_intercept(struct egd_daemon *d)
 		return -ENOMEM;
 	for (unsigned int i = 0; i < d->n_workers; i++)
 		loops[i] = d->workers[i].loop;
-	d->intercept = egd_intercept_new(loops, d->n_workers, d->cfg.proxy_workers);
+	d->intercept = egd_intercept_new(loops, d->n_workers, d->cfg.proxy_workers, &d->n_conns,
+					 d->cfg.max_conns);
 	free(loops);
 	return d->intercept ? 0 : -errno;
 }

@@ -546,10 +546,16 @@ static void hand_off(struct egd_conn *c)
 
 	egd_loop_del(c->wk->loop, &c->cw);
 	c->cw.fd = -1;
+	/* The proxy's connection stays under EGRESSD_MAX_CONNS: it takes a
+	 * slot of its own before conn_close() gives this one back, so an agent
+	 * cannot hold more than the limit by opening them to the LLM host. */
+	__atomic_add_fetch(&c->d->n_conns, 1, __ATOMIC_RELAXED);
 	err = egd_intercept_handoff(c->d->intercept, c->wk->id, fd, c->intent.sniff.proto,
 				    c->intent.sniff.host, c->buf, c->len);
-	if (err)
+	if (err) {
+		__atomic_fetch_sub(&c->d->n_conns, 1, __ATOMIC_RELAXED);
 		egd_warn("handing a connection to the policy proxy: %s", strerror(-err));
+	}
 	conn_close(c, NULL, 0);
 }
 

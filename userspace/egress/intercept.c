@@ -45,6 +45,7 @@ struct handoff {
 /* Connections from other workers for one proxy, taken by its thread. */
 struct inbox {
 	struct egd_proxy *proxy;
+	unsigned int *slots; /* egd_intercept_new()'s */
 	struct egd_loop *loop;
 	struct egd_watch wake;
 	pthread_mutex_t mu;
@@ -92,8 +93,10 @@ static void on_wake(struct egd_watch *w, uint32_t events)
 	for (; h; h = next) {
 		next = h->next;
 		err = serve(in->proxy, h->fd, h->proto, h->host, h->prefix, h->len);
-		if (err)
+		if (err) {
 			egd_warn("policy proxy refused a connection: %s", strerror(-err));
+			__atomic_fetch_sub(in->slots, 1, __ATOMIC_RELAXED);
+		}
 		free(h);
 	}
 }
@@ -105,6 +108,7 @@ static void inbox_fini(struct inbox *in)
 	for (h = in->head; h; h = next) {
 		next = h->next;
 		close(h->fd);
+		__atomic_fetch_sub(in->slots, 1, __ATOMIC_RELAXED);
 		free(h);
 	}
 	if (in->wake.fd >= 0) {
@@ -114,11 +118,13 @@ static void inbox_fini(struct inbox *in)
 	pthread_mutex_destroy(&in->mu);
 }
 
-static int inbox_init(struct inbox *in, struct egd_proxy *p, struct egd_loop *loop)
+static int inbox_init(struct inbox *in, struct egd_proxy *p, struct egd_loop *loop,
+		      unsigned int *slots)
 {
 	int err;
 
 	in->proxy = p;
+	in->slots = slots;
 	in->loop = loop;
 	in->tail = &in->head;
 	pthread_mutex_init(&in->mu, NULL);
@@ -157,7 +163,8 @@ static int start_listener(struct egd_intercept *ic)
 }
 
 struct egd_intercept *egd_intercept_new(struct egd_loop *const *loops, unsigned int workers,
-					unsigned int nproxy)
+					unsigned int nproxy, unsigned int *slots,
+					unsigned int max_slots)
 {
 	unsigned int n = nproxy && nproxy < workers ? nproxy : workers;
 	struct egd_intercept *ic = calloc(1, sizeof(*ic) + n * sizeof(ic->inbox[0]));
@@ -203,7 +210,8 @@ struct egd_intercept *egd_intercept_new(struct egd_loop *const *loops, unsigned 
 			goto err_free;
 		}
 		ic->n = i + 1;
-		ret = inbox_init(&ic->inbox[i], ic->proxies[i], loops[i]);
+		egd_proxy_count_served(ic->proxies[i], slots, max_slots);
+		ret = inbox_init(&ic->inbox[i], ic->proxies[i], loops[i], slots);
 		if (ret) {
 			egd_err("policy proxy: handoff queue: %s", strerror(-ret));
 			goto err_free;

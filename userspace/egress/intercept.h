@@ -22,11 +22,14 @@ struct egd_intercept;
  * Load the proxy's settings from the environment, open the pod CA and the
  * budget, create a proxy on each of the first @nproxy (0: all) of the
  * @workers loops @loops (before their threads run) and start the plain
- * listener on EGRESSD_PROXY_HTTP_LISTEN on the first. NULL + errno, with
- * the reason logged.
+ * listener on EGRESSD_PROXY_HTTP_LISTEN on the first. Each connection handed
+ * off or accepted by that listener holds a unit of *@slots (at most
+ * @max_slots) until it closes (egd_intercept_handoff(),
+ * egd_proxy_count_served()). NULL + errno, with the reason logged.
  */
 struct egd_intercept *egd_intercept_new(struct egd_loop *const *loops, unsigned int workers,
-					unsigned int nproxy);
+					unsigned int nproxy, unsigned int *slots,
+					unsigned int max_slots);
 /* After every worker has stopped, before their loops are freed. Closes
  * the proxies' connections. Accepts NULL. */
 void egd_intercept_destroy(struct egd_intercept *ic);
@@ -36,7 +39,10 @@ void egd_intercept_destroy(struct egd_intercept *ic);
  * to) the accepted connection
  * @fd (already out of the caller's epoll set), its @proto (TLS or HTTP), the
  * SNI or Host @host ("" for none) and the @prefix bytes already read from
- * it. Takes @fd in every case (closed on error). Returns 0 or -errno.
+ * it. Takes @fd in every case (closed on error). The caller has taken a
+ * unit of egd_intercept_new()'s *@slots for the connection: on success the
+ * proxy gives it back when the connection ends, on error the caller does.
+ * Returns 0 or -errno.
  */
 int egd_intercept_handoff(struct egd_intercept *ic, unsigned int worker, int fd,
 			  enum egd_proto proto, const char *host, const uint8_t *prefix,

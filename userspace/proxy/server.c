@@ -58,6 +58,7 @@ struct pconn {
 	uint32_t events;
 	struct egd_timer timer;
 	SSL *ssl;
+	int holds_slot; /* gives a unit of p->slots back on close */
 	int handshaking;
 	int prefix_rbio; /* reading the daemon's prefix from a memory BIO */
 	int ssl_want_write;
@@ -123,6 +124,8 @@ struct egd_proxy {
 	struct egd_upstream *up;
 	struct pconn *conns;
 	size_t nconns;
+	unsigned int *slots; /* egd_proxy_count_served(); NULL: not counted */
+	unsigned int max_slots;
 	struct listener *listeners;
 	struct egd_ws_cache ws; /* copy of sh->ws, refreshed once stale */
 	/* This worker's lookup refreshing the shared workspace answer. */
@@ -424,6 +427,8 @@ static void conn_close(struct pconn *c)
 	if (c->next)
 		c->next->prev = c->prev;
 	EGD_COUNTER_DEC(p->nconns);
+	if (c->holds_slot)
+		__atomic_fetch_sub(p->slots, 1, __ATOMIC_RELAXED);
 	if (egd_loop_defer(p->loop, conn_free, c))
 		egd_warn("proxy: cannot defer a free; leaking one connection");
 }
@@ -1138,7 +1143,8 @@ static void conn_cb(struct egd_watch *w, uint32_t events)
 
 /* ---- entry points ---------------------------------------------------------- */
 
-int egd_proxy_serve_plain(struct egd_proxy *p, int fd, const uint8_t *prefix, size_t prefix_len)
+static int serve_plain(struct egd_proxy *p, int fd, const uint8_t *prefix, size_t prefix_len,
+		       int counted)
 {
 	struct pconn *c = conn_new(p, fd, prefix, prefix_len, 0);
 	int err;
@@ -1153,9 +1159,21 @@ int egd_proxy_serve_plain(struct egd_proxy *p, int fd, const uint8_t *prefix, si
 		conn_free(c);
 		return err;
 	}
+	c->holds_slot = counted && p->slots;
 	/* The prefix may already hold a whole request. */
 	conn_process(c);
 	return 0;
+}
+
+int egd_proxy_serve_plain(struct egd_proxy *p, int fd, const uint8_t *prefix, size_t prefix_len)
+{
+	return serve_plain(p, fd, prefix, prefix_len, 1);
+}
+
+void egd_proxy_count_served(struct egd_proxy *p, unsigned int *slots, unsigned int max)
+{
+	p->slots = slots;
+	p->max_slots = max;
 }
 
 int egd_proxy_serve_tls(struct egd_proxy *p, int fd, const char *sni, const uint8_t *prefix,
@@ -1210,6 +1228,7 @@ int egd_proxy_serve_tls(struct egd_proxy *p, int fd, const char *sni, const uint
 		conn_free(c);
 		return err;
 	}
+	c->holds_slot = p->slots != NULL;
 	conn_handshake(c);
 	return 0;
 
@@ -1235,7 +1254,18 @@ static void listener_cb(struct egd_watch *w, uint32_t events)
 				egd_warn("proxy: accept: %s", strerror(errno));
 			return;
 		}
-		egd_proxy_serve_plain(l->p, fd, NULL, 0);
+		if (l->p->slots &&
+		    __atomic_add_fetch(l->p->slots, 1, __ATOMIC_RELAXED) > l->p->max_slots) {
+			struct linger lg = { .l_onoff = 1, .l_linger = 0 };
+
+			__atomic_fetch_sub(l->p->slots, 1, __ATOMIC_RELAXED);
+			EGD_COUNTER_INC(l->p->stats.overload_resets);
+			setsockopt(fd, SOL_SOCKET, SO_LINGER, &lg, sizeof(lg));
+			close(fd);
+			continue;
+		}
+		if (serve_plain(l->p, fd, NULL, 0, 1) && l->p->slots)
+			__atomic_fetch_sub(l->p->slots, 1, __ATOMIC_RELAXED);
 	}
 }
 
@@ -1464,6 +1494,7 @@ void egd_proxy_stats(struct egd_proxy *const *ps, size_t n, struct egd_proxy_sta
 		out->upstream_latency_ms_sum += load(&s->upstream_latency_ms_sum);
 		out->upstream_latency_count += load(&s->upstream_latency_count);
 		out->workspace_lookups += load(&s->workspace_lookups);
+		out->overload_resets += load(&s->overload_resets);
 	}
 }
 
@@ -1504,6 +1535,10 @@ char *egd_proxy_metrics(struct egd_proxy *const *ps, size_t n)
 		"egressd_proxy_upstream_latency_seconds_count %llu\n"
 		"# TYPE egressd_proxy_workspace_lookups_total counter\n"
 		"egressd_proxy_workspace_lookups_total %llu\n"
+		"# HELP egressd_proxy_overload_resets_total Connections to the proxy's own "
+		"listener reset at EGRESSD_MAX_CONNS.\n"
+		"# TYPE egressd_proxy_overload_resets_total counter\n"
+		"egressd_proxy_overload_resets_total %llu\n"
 		"# TYPE egressd_proxy_spend_usd gauge\n"
 		"egressd_proxy_spend_usd %.17g\n"
 		"# TYPE egressd_proxy_budget_remaining_usd gauge\n"
@@ -1517,7 +1552,8 @@ char *egd_proxy_metrics(struct egd_proxy *const *ps, size_t n)
 		(unsigned long long)s->upstream_requests, (unsigned long long)s->upstream_failures,
 		(double)s->upstream_latency_ms_sum / 1000.0,
 		(unsigned long long)s->upstream_latency_count,
-		(unsigned long long)s->workspace_lookups, snap.spent_usd,
+		(unsigned long long)s->workspace_lookups,
+		(unsigned long long)s->overload_resets, snap.spent_usd,
 		egd_ledger_remaining(&snap), snap.reserved_usd, (unsigned long long)snap.in_flight,
 		nconns);
 	if (fclose(f)) {

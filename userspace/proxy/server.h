@@ -83,6 +83,18 @@ int egd_proxy_serve_tls(struct egd_proxy *p, int fd, const char *sni, const uint
 /* The same for plain HTTP; @prefix is the start of the first request. */
 int egd_proxy_serve_plain(struct egd_proxy *p, int fd, const uint8_t *prefix, size_t prefix_len);
 
+/*
+ * Count this proxy's connections against a limit of @max shared with the
+ * caller in *@slots (the daemon's EGRESSD_MAX_CONNS), updated atomically.
+ * For the two calls above the caller takes a unit before the call; a call
+ * that returns 0 keeps it until that connection closes and then gives it
+ * back (from this proxy's thread); a call that fails leaves it with the
+ * caller. Connections accepted by egd_proxy_listen() take their own unit,
+ * and one beyond @max is reset and counted (overload_resets). Before the
+ * loop runs.
+ */
+void egd_proxy_count_served(struct egd_proxy *p, unsigned int *slots, unsigned int max);
+
 /* The ledger, for metrics and tests (owned by the proxy). */
 struct egd_budget *egd_proxy_budget(struct egd_proxy *p);
 /* Connections open (tests, metrics); callable from any thread. */
@@ -98,6 +110,7 @@ struct egd_proxy_stats {
 	uint64_t upstream_latency_ms_sum;         /* send to response head */
 	uint64_t upstream_latency_count;
 	uint64_t workspace_lookups;
+	uint64_t overload_resets; /* listener connections beyond the limit */
 };
 
 /* The counters of the @n proxies @ps, summed; callable from any thread. */
