@@ -12,6 +12,8 @@
  *	Reads the first TLS record, answers REPLY_BYTES, then drains until
  *	EOF. If bytes followed the hello it sends their count (8 bytes, big
  *	endian) before closing, so the client can check nothing was lost.
+ *   loadgen relay ADDR:PORT UPSTREAM:PORT [THREADS]
+ *	A bare relay: no policy, no sniffing, no log (below).
  *   loadgen bulk ADDR:PORT STREAMS SECONDS
  *	STREAMS parallel connections each send for SECONDS after the
  *	handshake, half-close, and wait for the server's count. Prints one
@@ -245,24 +247,41 @@ static int srv_drain(struct srv_conn *c, uint8_t *buf)
 	return -1;
 }
 
+/*
+ * One thread's SO_REUSEPORT listener on @sa, in a new epoll set (its data
+ * pointer NULL) returned in *@ep; exits on failure, naming @who.
+ */
+static int thread_listener(const struct sockaddr_in *sa, int *ep, const char *who)
+{
+	struct epoll_event ev = { .events = EPOLLIN, .data.ptr = NULL };
+	int one = 1, lfd;
+
+	lfd = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+	*ep = epoll_create1(EPOLL_CLOEXEC);
+	if (lfd < 0 || *ep < 0)
+		goto err;
+	setsockopt(lfd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
+	setsockopt(lfd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof(one));
+	if (bind(lfd, (const struct sockaddr *)sa, sizeof(*sa)) || listen(lfd, 4096) ||
+	    epoll_ctl(*ep, EPOLL_CTL_ADD, lfd, &ev))
+		goto err;
+	return lfd;
+err:
+	perror(who);
+	exit(1);
+}
+
 static void *server_thread(void *arg)
 {
-	const struct sockaddr_in *sa = arg;
 	struct epoll_event evs[64], ev;
 	uint8_t *buf = malloc(BULK_CHUNK_BYTES);
 	int one = 1, lfd, ep, i, n;
 
-	lfd = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
-	ep = epoll_create1(EPOLL_CLOEXEC);
-	if (!buf || lfd < 0 || ep < 0)
-		goto err;
-	setsockopt(lfd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
-	setsockopt(lfd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof(one));
-	if (bind(lfd, (const struct sockaddr *)sa, sizeof(*sa)) || listen(lfd, 4096))
-		goto err;
-	ev.events = EPOLLIN;
-	ev.data.ptr = NULL;
-	epoll_ctl(ep, EPOLL_CTL_ADD, lfd, &ev);
+	if (!buf) {
+		perror("server");
+		exit(1);
+	}
+	lfd = thread_listener(arg, &ep, "server");
 	for (;;) {
 		n = epoll_wait(ep, evs, 64, -1);
 		for (i = 0; i < n; i++) {
@@ -294,9 +313,6 @@ static void *server_thread(void *arg)
 				srv_close(ep, c);
 		}
 	}
-err:
-	perror("server");
-	exit(1);
 }
 
 static int run_server(int argc, char **argv)
@@ -312,6 +328,234 @@ static int run_server(int argc, char **argv)
 	for (i = 1; i < threads; i++)
 		pthread_create(&t, NULL, server_thread, &sa);
 	server_thread(&sa);
+	return 0;
+}
+
+/* ---- relay: a bare one, for comparison ---- */
+
+/*
+ * A relay with no policy at all: accept, dial the one upstream at once (no
+ * waiting for a hello, no sniffing, no lookup, no log), copy both ways,
+ * pass each FIN on, close. Edge-triggered epoll registered once per socket,
+ * so no epoll_ctl after the ADD; a short recv() counts as "drained" unless
+ * a FIN was reported. It does what every relay that terminates the agent's
+ * TCP must do per connection and nothing more: bench/tunnel measures it
+ * beside nginx and egressd to show what policy costs and what it does not.
+ *
+ * It copies through a per-thread buffer and does not splice, so its bulk
+ * figures are a copying relay's.
+ */
+
+#define RELAY_THREADS_MAX 16
+
+struct relay_pair;
+
+struct relay_end {
+	struct relay_pair *p;
+	int side; /* 0: the client's socket, 1: the upstream's */
+};
+
+/* Bytes moving from fd[from] to fd[1 - from]. */
+struct relay_dir {
+	uint8_t *pending; /* what the receiver did not take yet (malloc'ed) */
+	size_t off, len;
+	int readable; /* the source may have bytes or a FIN */
+	int fin_seen; /* epoll reported the source's FIN */
+	int eof_read;
+	int eof_sent;
+};
+
+struct relay_pair {
+	int fd[2];
+	int connected;
+	int dead; /* closed; freed after this epoll_wait batch */
+	struct relay_pair *next_dead;
+	struct relay_end end[2];
+	struct relay_dir dir[2]; /* dir[0]: client -> upstream */
+};
+
+static struct sockaddr_in relay_up;
+/* Closed pairs of this thread's current batch: the batch may still name them. */
+static __thread struct relay_pair *relay_dead;
+
+static void relay_close(struct relay_pair *p)
+{
+	close(p->fd[0]); /* closing leaves epoll: nothing else holds the fd */
+	close(p->fd[1]);
+	p->dead = 1;
+	p->next_dead = relay_dead;
+	relay_dead = p;
+}
+
+static void relay_reap(void)
+{
+	while (relay_dead) {
+		struct relay_pair *p = relay_dead;
+
+		relay_dead = p->next_dead;
+		free(p->dir[0].pending);
+		free(p->dir[1].pending);
+		free(p);
+	}
+}
+
+/* Move what can move in direction k; -1 when the pair is finished. */
+static int relay_pump(struct relay_pair *p, int k, uint8_t *buf)
+{
+	struct relay_dir *d = &p->dir[k];
+	int from = p->fd[k], to = p->fd[1 - k];
+	ssize_t n;
+
+	for (;;) {
+		if (d->off < d->len) {
+			if (!p->connected)
+				return 0;
+			n = send(to, d->pending + d->off, d->len - d->off, MSG_NOSIGNAL);
+			if (n < 0)
+				return errno == EAGAIN ? 0 : -1;
+			d->off += (size_t)n;
+			if (d->off < d->len)
+				return 0; /* the next EPOLLOUT edge resumes */
+			free(d->pending);
+			d->pending = NULL;
+			d->off = d->len = 0;
+		}
+		if (d->eof_sent || !d->readable)
+			return 0;
+		if (d->eof_read) {
+			if (!p->connected)
+				return 0;
+			if (p->dir[1 - k].eof_sent)
+				return -1; /* close() sends the last FIN */
+			shutdown(to, SHUT_WR);
+			d->eof_sent = 1;
+			return 0;
+		}
+		n = recv(from, buf, BULK_CHUNK_BYTES, 0);
+		if (n == 0) {
+			d->eof_read = 1;
+			continue;
+		}
+		if (n < 0) {
+			if (errno != EAGAIN)
+				return -1;
+			d->readable = 0;
+			return 0;
+		}
+		if ((size_t)n < BULK_CHUNK_BYTES && !d->fin_seen)
+			d->readable = 0; /* short: drained; new bytes bring a new edge */
+		if (p->connected) {
+			ssize_t w = send(to, buf, (size_t)n, MSG_NOSIGNAL);
+
+			if (w < 0 && errno != EAGAIN)
+				return -1;
+			if (w == n)
+				continue;
+			if (w < 0)
+				w = 0;
+			buf += w;
+			n -= w;
+		}
+		d->pending = malloc((size_t)n);
+		if (!d->pending)
+			return -1;
+		memcpy(d->pending, buf, (size_t)n);
+		d->len = (size_t)n;
+		return 0;
+	}
+}
+
+static void relay_event(struct relay_end *e, uint32_t ev, uint8_t *buf)
+{
+	struct relay_pair *p = e->p;
+	int s = e->side;
+
+	if (p->dead)
+		return;
+	if (s == 1 && !p->connected) {
+		if (ev & (EPOLLERR | EPOLLHUP)) {
+			relay_close(p);
+			return;
+		}
+		if (ev & EPOLLOUT)
+			p->connected = 1;
+	}
+	if (ev & (EPOLLIN | EPOLLRDHUP | EPOLLHUP | EPOLLERR))
+		p->dir[s].readable = 1;
+	if (ev & (EPOLLRDHUP | EPOLLHUP))
+		p->dir[s].fin_seen = 1;
+	if (relay_pump(p, 0, buf) < 0 || relay_pump(p, 1, buf) < 0)
+		relay_close(p);
+}
+
+static void relay_accept(int ep, int lfd)
+{
+	struct epoll_event ev;
+	int fd, up, one = 1;
+
+	while ((fd = accept4(lfd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC)) >= 0) {
+		struct relay_pair *p = calloc(1, sizeof(*p));
+
+		up = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+		if (!p || up < 0 ||
+		    (connect(up, (const struct sockaddr *)&relay_up, sizeof(relay_up)) &&
+		     errno != EINPROGRESS)) {
+			close(fd);
+			if (up >= 0)
+				close(up);
+			free(p);
+			continue;
+		}
+		setsockopt(up, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+		p->fd[0] = fd;
+		p->fd[1] = up;
+		for (int s = 0; s < 2; s++) {
+			p->end[s].p = p;
+			p->end[s].side = s;
+			ev.events = EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET;
+			ev.data.ptr = &p->end[s];
+			epoll_ctl(ep, EPOLL_CTL_ADD, p->fd[s], &ev);
+		}
+	}
+}
+
+static void *relay_thread(void *arg)
+{
+	struct epoll_event evs[64];
+	uint8_t *buf = malloc(BULK_CHUNK_BYTES);
+	int lfd, ep, i, n;
+
+	if (!buf) {
+		perror("relay");
+		exit(1);
+	}
+	lfd = thread_listener(arg, &ep, "relay");
+	for (;;) {
+		n = epoll_wait(ep, evs, 64, -1);
+		for (i = 0; i < n; i++) {
+			if (evs[i].data.ptr)
+				relay_event(evs[i].data.ptr, evs[i].events, buf);
+			else
+				relay_accept(ep, lfd);
+		}
+		relay_reap();
+	}
+}
+
+static int run_relay(int argc, char **argv)
+{
+	static struct sockaddr_in sa;
+	pthread_t t;
+	int threads = argc > 4 ? atoi(argv[4]) : 2, i;
+
+	if (parse_addr(argv[2], &sa) || parse_addr(argv[3], &relay_up) || threads < 1 ||
+	    threads > RELAY_THREADS_MAX) {
+		fprintf(stderr, "relay: bad address or thread count\n");
+		return 2;
+	}
+	for (i = 1; i < threads; i++)
+		pthread_create(&t, NULL, relay_thread, &sa);
+	relay_thread(&sa);
 	return 0;
 }
 
@@ -552,6 +796,8 @@ int main(int argc, char **argv)
 	build_hello();
 	if (argc >= 3 && !strcmp(argv[1], "server"))
 		return run_server(argc, argv);
+	if (argc >= 4 && !strcmp(argv[1], "relay"))
+		return run_relay(argc, argv);
 	if (argc >= 2 && !strcmp(argv[1], "bulk"))
 		return run_clients(argc, argv, 1);
 	if (argc >= 2 && !strcmp(argv[1], "rate"))
@@ -562,6 +808,7 @@ int main(int argc, char **argv)
 		return 0;
 	}
 	fprintf(stderr, "usage: loadgen server ADDR:PORT [THREADS]\n"
+			"       loadgen relay ADDR:PORT UPSTREAM:PORT [THREADS]\n"
 			"       loadgen bulk ADDR:PORT STREAMS SECONDS\n"
 			"       loadgen rate ADDR:PORT WORKERS SECONDS\n"
 			"       loadgen hello > hello.bin\n");

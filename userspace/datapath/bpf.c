@@ -252,7 +252,12 @@ int egd_bpf_attach(const struct egd_attach_opts *o)
 	 * bench/README.md): the daemon's sockets are never in the SOCKHASH, so
 	 * nothing is redirected, the agent's socket pays the sockmap's cost
 	 * anyway, and a blocking recv() on it can return EAGAIN, which clients
-	 * treat as fatal. Refusing is better than an agent that breaks.
+	 * treat as fatal. The last is the kernel's: any socket in a sockmap
+	 * with an sk_msg program gets tcp_bpf_recvmsg(), which gives up after
+	 * one wake-up with nothing queued (bench/sockmap_probe.c shows it with
+	 * a program that redirects nothing). The agent's socket must be in the
+	 * map for the fast path to see its sends, so no daemon-side fix exists.
+	 * Refusing is better than an agent that breaks.
 	 */
 	if (o->accel) {
 		egd_err("--accel on: experimental fast path disabled: the sk_msg redirect has "
