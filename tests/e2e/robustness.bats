@@ -76,6 +76,10 @@ teardown() {
 	EGRESSD_FIRST_BYTE_MS=soon run unshare -n "$EGRESSD" run --admin-listen off
 	[ "$status" -eq 2 ]
 	[[ "$output" == *EGRESSD_FIRST_BYTE_MS* ]]
+	# A number out of range says which range.
+	run unshare -n "$EGRESSD" run --max-conns 0 --admin-listen off
+	[ "$status" -eq 2 ]
+	[[ "$output" == *"EGRESSD_MAX_CONNS"*"from 1 to 1000000"* ]]
 	run unshare -n "$EGRESSD" run --agent-allow 'bad host!' --admin-listen off
 	[ "$status" -eq 2 ]
 	[[ "$output" == *EGRESSD_AGENT_ALLOW* ]]

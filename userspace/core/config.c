@@ -67,7 +67,8 @@ static const struct opt opts[] = {
 	{ "idle-timeout-s", "EGRESSD_IDLE_TIMEOUT_S", "600", OPT_UINT, OFF(idle_timeout_s), 1,
 	  604800, "a tunnel with no traffic either way for this long is closed" },
 	{ "max-conns", "EGRESSD_MAX_CONNS", "8192", OPT_UINT, OFF(max_conns), 1, 1000000,
-	  "connections handled at once; more are reset" },
+	  "connections handled at once, tunnels and the policy proxy's alike; more are "
+	  "reset" },
 	{ "workers", "EGRESSD_WORKERS", "0", OPT_UINT, OFF(workers), 0, EGD_WORKERS_MAX,
 	  "event-loop threads; 0 = one per online CPU" },
 	{ "proxy-workers", "EGRESSD_PROXY_WORKERS", "1", OPT_UINT, OFF(proxy_workers), 0,
@@ -453,8 +454,13 @@ int egd_config_load(struct egd_config_run *cfg, int argc, char **argv)
 		if (!v)
 			continue;
 		if (apply(cfg, o, v)) {
-			egd_err("bad value \"%s\" for %s (--%s, from the %s): expected %s", v,
-				o->env, o->flag, from, o->help);
+			if (o->type == OPT_UINT)
+				egd_err("bad value \"%s\" for %s (--%s, from the %s): expected "
+					"a whole number from %u to %u: %s",
+					v, o->env, o->flag, from, o->min, o->max, o->help);
+			else
+				egd_err("bad value \"%s\" for %s (--%s, from the %s): expected %s",
+					v, o->env, o->flag, from, o->help);
 			return -EINVAL;
 		}
 	}
