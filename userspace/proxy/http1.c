@@ -19,6 +19,8 @@
 
 #include <jansson.h>
 
+#include "core/grow.h"
+
 /* First allocation of the header buffer; it grows by doubling. */
 #define HEAD_INITIAL_BYTES 2048
 /* Empty lines tolerated before a request line (RFC 9112 2.2), e.g. the
@@ -165,16 +167,11 @@ static size_t block_append(struct block *b, const uint8_t *data, size_t len, siz
 	size_t n = len < room ? len : room;
 
 	if (b->len + n + 1 > b->cap) {
-		size_t cap = b->cap ? b->cap : HEAD_INITIAL_BYTES;
-		char *nb;
+		char *nb = egd_grow(b->buf, &b->cap, b->len + n + 1, HEAD_INITIAL_BYTES);
 
-		while (cap < b->len + n + 1)
-			cap *= 2;
-		nb = realloc(b->buf, cap);
 		if (!nb)
 			return (size_t)-1;
 		b->buf = nb;
-		b->cap = cap;
 	}
 	memcpy(b->buf + b->len, data, n);
 	b->len += n;
@@ -443,16 +440,12 @@ static int body_add(struct egd_http_parser *p, const uint8_t *data, size_t len)
 		return err ? fail(p, err < 0 ? err : -ECANCELED, 500, "body callback failed") : 0;
 	}
 	if (p->body_len + len + 1 > p->body_cap) {
-		size_t cap = p->body_cap ? p->body_cap : HEAD_INITIAL_BYTES;
-		uint8_t *nb;
+		uint8_t *nb = egd_grow(p->body, &p->body_cap, p->body_len + len + 1,
+				       HEAD_INITIAL_BYTES);
 
-		while (cap < p->body_len + len + 1)
-			cap *= 2;
-		nb = realloc(p->body, cap);
 		if (!nb)
 			return fail(p, -ENOMEM, 500, "out of memory");
 		p->body = nb;
-		p->body_cap = cap;
 	}
 	memcpy(p->body + p->body_len, data, len);
 	p->body_len += len;

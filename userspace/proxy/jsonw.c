@@ -7,6 +7,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "core/grow.h"
+
 /* Room for the records the proxy writes (a few hundred bytes), grown on
  * demand for a usage summary with many models. */
 #define JW_INITIAL_BYTES 512
@@ -29,18 +31,13 @@ void egd_jw_raw(struct egd_jw *w, const char *s, size_t n)
 	if (w->failed)
 		return;
 	if (w->len + n + 1 > w->cap) {
-		size_t cap = w->cap ? w->cap : JW_INITIAL_BYTES;
-		char *p;
+		char *p = egd_grow(w->p, &w->cap, w->len + n + 1, JW_INITIAL_BYTES);
 
-		while (cap < w->len + n + 1)
-			cap *= 2;
-		p = realloc(w->p, cap);
 		if (!p) {
 			w->failed = 1;
 			return;
 		}
 		w->p = p;
-		w->cap = cap;
 	}
 	memcpy(w->p + w->len, s, n);
 	w->len += n;

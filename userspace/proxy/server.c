@@ -29,6 +29,7 @@
 #include <openssl/ssl.h>
 
 #include "core/counter.h"
+#include "core/grow.h"
 #include "core/log.h"
 #include "proxy/http1.h"
 #include "proxy/policy.h"
@@ -161,16 +162,11 @@ static void abandon_request(struct pconn *c);
 static int buf_append(uint8_t **buf, size_t *len, size_t *cap, const void *data, size_t n)
 {
 	if (*len + n > *cap) {
-		size_t ncap = *cap ? *cap : 4096;
-		uint8_t *b;
+		uint8_t *b = egd_grow(*buf, cap, *len + n, 4096);
 
-		while (ncap < *len + n)
-			ncap *= 2;
-		b = realloc(*buf, ncap);
 		if (!b)
 			return -ENOMEM;
 		*buf = b;
-		*cap = ncap;
 	}
 	memcpy(*buf + *len, data, n);
 	*len += n;

@@ -14,6 +14,8 @@
 
 #include <jansson.h>
 
+#include "core/grow.h"
+
 struct buf {
 	char *p;
 	size_t len;
@@ -64,16 +66,11 @@ static int buf_add(struct buf *b, const char *d, size_t n)
 	if (b->len + n > EGD_SSE_EVENT_MAX_BYTES)
 		return -EFBIG;
 	if (b->len + n + 1 > b->cap) {
-		size_t cap = b->cap ? b->cap : 256;
-		char *np;
+		char *np = egd_grow(b->p, &b->cap, b->len + n + 1, 256);
 
-		while (cap < b->len + n + 1)
-			cap *= 2;
-		np = realloc(b->p, cap);
 		if (!np)
 			return -ENOMEM;
 		b->p = np;
-		b->cap = cap;
 	}
 	memcpy(b->p + b->len, d, n);
 	b->len += n;

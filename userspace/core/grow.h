@@ -1,0 +1,35 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * Growing a heap buffer: the one doubling rule behind every append buffer
+ * in the daemon (output queues, HTTP heads and bodies, SSE events, JSON).
+ */
+#ifndef EGD_CORE_GROW_H
+#define EGD_CORE_GROW_H
+
+#include <stdint.h>
+#include <stdlib.h>
+
+/*
+ * @buf (capacity *@cap, NULL when 0) reallocated to hold at least @need
+ * bytes: the capacity doubles from @initial (or from *@cap) until it does.
+ * Returns the buffer, perhaps moved, with *@cap updated; NULL when out of
+ * memory or @need cannot be reached, with @buf and *@cap unchanged. Call it
+ * only when @need > *@cap.
+ */
+static inline void *egd_grow(void *buf, size_t *cap, size_t need, size_t initial)
+{
+	size_t ncap = *cap ? *cap : initial;
+	void *nb;
+
+	while (ncap < need) {
+		if (ncap > SIZE_MAX / 2)
+			return NULL;
+		ncap *= 2;
+	}
+	nb = realloc(buf, ncap);
+	if (nb)
+		*cap = ncap;
+	return nb;
+}
+
+#endif
