@@ -1,0 +1,199 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * The handoff from the engine's workers to the policy proxy
+ * (egress/intercept.c): the queue to a proxy on another worker is bounded
+ * in connections and in bytes, a refused connection is closed, and every
+ * connection's unit of the daemon's EGRESSD_MAX_CONNS count comes back
+ * whether the proxy refused it, queued it or served it.
+ *
+ * The proxy's loop never runs here, so what other workers queue stays
+ * queued: the bounds are reached without racing a consumer.
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/resource.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <cmocka.h>
+
+#include "core/loop.h"
+#include "egress/intercept.h"
+
+/* intercept.c's bounds, restated: the test fails if they move silently. */
+#define QUEUE_MAX 4096
+#define QUEUE_MAX_BYTES (16 * 1024 * 1024)
+#define HELLO_MAX 16384
+
+struct fix {
+	struct egd_loop *loops[2];
+	struct egd_intercept *ic;
+	unsigned int slots;
+	char dir[64];
+};
+
+static int setup(void **state)
+{
+	static struct fix f;
+	char path[128];
+
+	memset(&f, 0, sizeof(f));
+	snprintf(f.dir, sizeof(f.dir), "/tmp/egd-test-intercept.XXXXXX");
+	assert_non_null(mkdtemp(f.dir));
+	snprintf(path, sizeof(path), "%s/ca", f.dir);
+	setenv("EGRESSD_CA_DIR", path, 1);
+	snprintf(path, sizeof(path), "%s/cakey", f.dir);
+	setenv("EGRESSD_CA_KEY_DIR", path, 1);
+	setenv("PROXY_DATA_DIR", f.dir, 1);
+	setenv("EGRESSD_PROXY_HTTP_LISTEN", "off", 1);
+	/* An address for the upstream: the loops have no resolver. */
+	setenv("UPSTREAM_RESOLVE", "openrouter.ai:443:127.0.0.1", 1);
+	for (int i = 0; i < 2; i++)
+		assert_non_null(f.loops[i] = egd_loop_new());
+	/* Two workers, the proxy on worker 0: worker 1 queues to it. */
+	f.ic = egd_intercept_new(f.loops, 2, 1, &f.slots, 1000000);
+	assert_non_null(f.ic);
+	*state = &f;
+	return 0;
+}
+
+static int teardown(void **state)
+{
+	struct fix *f = *state;
+	char cmd[160];
+
+	egd_intercept_destroy(f->ic);
+	for (int i = 0; i < 2; i++)
+		egd_loop_free(f->loops[i]);
+	snprintf(cmd, sizeof(cmd), "rm -rf '%s'", f->dir);
+	assert_int_equal(system(cmd), 0);
+	return 0;
+}
+
+static int fd_open(int fd)
+{
+	return fcntl(fd, F_GETFD) != -1;
+}
+
+/* Hand one connection from @worker with a @len-byte prefix, taking its
+ * slot as the engine does; the agent's end goes to *@peer. */
+static int hand(struct fix *f, unsigned int worker, size_t len, int *fd, int *peer)
+{
+	static uint8_t prefix[HELLO_MAX];
+	int sv[2], err;
+
+	assert_int_equal(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv), 0);
+	*fd = sv[0];
+	*peer = sv[1];
+	memset(prefix, 'G', sizeof(prefix));
+	f->slots++;
+	err = egd_intercept_handoff(f->ic, worker, sv[0], EGD_PROTO_HTTP, "", prefix, len);
+	if (err)
+		f->slots--; /* a refused handoff leaves the slot with the caller */
+	return err;
+}
+
+static void test_queue_bounded_in_connections(void **state)
+{
+	struct fix *f = *state;
+	static int peers[QUEUE_MAX + 1];
+	struct rlimit rl;
+	int fd, i;
+
+	/* Two descriptors per queued connection, and a few to spare. */
+	assert_int_equal(getrlimit(RLIMIT_NOFILE, &rl), 0);
+	if (rl.rlim_cur < 2 * QUEUE_MAX + 64) {
+		rl.rlim_cur = rl.rlim_max < 2 * QUEUE_MAX + 64 ? rl.rlim_max : 2 * QUEUE_MAX + 64;
+		assert_int_equal(setrlimit(RLIMIT_NOFILE, &rl), 0);
+	}
+	if (rl.rlim_cur < 2 * QUEUE_MAX + 64) {
+		print_message("skipped: RLIMIT_NOFILE's hard limit %llu is below %d\n",
+			      (unsigned long long)rl.rlim_max, 2 * QUEUE_MAX + 64);
+		skip();
+	}
+
+	for (i = 0; i < QUEUE_MAX; i++)
+		assert_int_equal(hand(f, 1, 1, &fd, &peers[i]), 0);
+	assert_int_equal(f->slots, QUEUE_MAX);
+	/* One more is refused, closed, and its slot stays with the caller. */
+	assert_int_equal(hand(f, 1, 1, &fd, &peers[i]), -EAGAIN);
+	assert_false(fd_open(fd));
+	assert_int_equal(f->slots, QUEUE_MAX);
+	/* Destroying the proxy closes what it never took and gives back
+	 * every slot. */
+	egd_intercept_destroy(f->ic);
+	f->ic = NULL;
+	assert_int_equal(f->slots, 0);
+	for (i = 0; i <= QUEUE_MAX; i++)
+		close(peers[i]);
+}
+
+static void test_queue_bounded_in_bytes(void **state)
+{
+	struct fix *f = *state;
+	enum { N = QUEUE_MAX_BYTES / HELLO_MAX };
+	static int peers[N + 1];
+	int fd, i;
+
+	for (i = 0; i < N; i++)
+		assert_int_equal(hand(f, 1, HELLO_MAX, &fd, &peers[i]), 0);
+	assert_int_equal(hand(f, 1, HELLO_MAX, &fd, &peers[i]), -EAGAIN);
+	assert_false(fd_open(fd));
+	/* Far fewer connections than the count bound: bytes stopped it. */
+	assert_true(N < QUEUE_MAX);
+	assert_int_equal(f->slots, N);
+	egd_intercept_destroy(f->ic);
+	f->ic = NULL;
+	assert_int_equal(f->slots, 0);
+	for (i = 0; i <= N; i++)
+		close(peers[i]);
+}
+
+/* On the proxy's own worker the connection is served at once, and holds
+ * its slot until it closes (here, when the proxy is destroyed). */
+static void test_served_connection_holds_its_slot(void **state)
+{
+	struct fix *f = *state;
+	int fd, peer;
+
+	assert_int_equal(hand(f, 0, 1, &fd, &peer), 0);
+	assert_true(fd_open(fd));
+	assert_int_equal(f->slots, 1);
+	egd_intercept_destroy(f->ic);
+	f->ic = NULL;
+	assert_int_equal(f->slots, 0);
+	close(peer);
+}
+
+/* A worker the intercept does not know is refused, not queued anywhere. */
+static void test_unknown_worker_refused(void **state)
+{
+	struct fix *f = *state;
+	int fd, peer;
+
+	assert_int_equal(hand(f, 2, 1, &fd, &peer), -EINVAL);
+	assert_false(fd_open(fd));
+	assert_int_equal(f->slots, 0);
+	close(peer);
+}
+
+int main(void)
+{
+	const struct CMUnitTest tests[] = {
+		cmocka_unit_test_setup_teardown(test_queue_bounded_in_connections, setup,
+						teardown),
+		cmocka_unit_test_setup_teardown(test_queue_bounded_in_bytes, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_served_connection_holds_its_slot, setup,
+						teardown),
+		cmocka_unit_test_setup_teardown(test_unknown_worker_refused, setup, teardown),
+	};
+
+	return cmocka_run_group_tests(tests, NULL, NULL);
+}
