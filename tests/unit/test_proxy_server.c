@@ -902,6 +902,34 @@ static void test_keep_alive_requests_reuse_upstream(void **state)
 	t_free(t);
 }
 
+/* An upstream that sends bytes nobody asked for after an answer (here a
+ * whole second answer, in its own TLS record, which read-ahead takes into
+ * OpenSSL with the first) must not have its connection reused: the next
+ * request would get those bytes as its answer. */
+static void test_upstream_bytes_past_answer_not_reused(void **state)
+{
+	struct t *t = t_new(base_env(g_base_url));
+	char *first = chat("{\"model\":\"fail/trailing\",\"messages\":[]}",
+			   "Connection: keep-alive\r\n");
+	char *second = chat("{\"model\":\"anthropic/claude-sonnet-4\",\"messages\":[]}", NULL);
+	char *both, *a, *b;
+
+	(void)state;
+	both = keep_alive_then(first, second);
+	t_add(t, both, 0);
+	t_run(t);
+	a = strstr(t->reqs[0].resp, "HTTP/1.1 200");
+	assert_non_null(a);
+	b = strstr(a + 1, "HTTP/1.1 200");
+	assert_non_null(b);
+	assert_non_null(strstr(b, "\"hello\""));
+	assert_null(strstr(t->reqs[0].resp, "smuggled"));
+	free(first);
+	free(second);
+	free(both);
+	t_free(t);
+}
+
 /* The key check is skipped for a header this connection already proved;
  * another key on the same connection is still checked (and refused). */
 static void test_keep_alive_other_key_still_checked(void **state)
@@ -1098,6 +1126,7 @@ int main(void)
 		cmocka_unit_test(test_workspace_unsafe_or_failing_refused),
 		cmocka_unit_test(test_over_cap_answer_withheld),
 		cmocka_unit_test(test_keep_alive_requests_reuse_upstream),
+		cmocka_unit_test(test_upstream_bytes_past_answer_not_reused),
 		cmocka_unit_test(test_keep_alive_other_key_still_checked),
 		cmocka_unit_test(test_tls_request_beyond_pipeline_cap),
 		cmocka_unit_test(test_stream_broken_midway_truncated_and_charged),
