@@ -114,6 +114,34 @@ static void test_bad_values_are_refused(void **state)
 	clear_env();
 }
 
+/* A number out of range is refused with the range it must be in. */
+static void test_out_of_range_names_its_range(void **state)
+{
+	struct egd_config_run c;
+	char path[] = "/tmp/egd-test-config-err.XXXXXX", text[1024] = "";
+	int fd = mkstemp(path), saved = dup(2);
+	ssize_t n;
+
+	(void)state;
+	assert_true(fd >= 0 && saved >= 0);
+	clear_env();
+	setenv("EGRESSD_MAX_CONNS", "0", 1);
+	fflush(stderr);
+	assert_int_equal(dup2(fd, 2), 2);
+	assert_int_equal(egd_config_load(&c, 0, NULL), -EINVAL);
+	fflush(stderr);
+	assert_int_equal(dup2(saved, 2), 2);
+	close(saved);
+	n = pread(fd, text, sizeof(text) - 1, 0);
+	close(fd);
+	unlink(path);
+	assert_true(n > 0);
+	print_message("%s", text);
+	assert_non_null(strstr(text, "EGRESSD_MAX_CONNS"));
+	assert_non_null(strstr(text, "a whole number from 1 to 1000000"));
+	clear_env();
+}
+
 static void test_unknown_flag_is_refused(void **state)
 {
 	char *argv[] = { "--no-such-flag" };
@@ -389,6 +417,7 @@ int main(void)
 		cmocka_unit_test(test_intercept_host_follows_upstream_base_url),
 		cmocka_unit_test(test_flag_wins_over_environment),
 		cmocka_unit_test(test_bad_values_are_refused),
+		cmocka_unit_test(test_out_of_range_names_its_range),
 		cmocka_unit_test(test_unknown_flag_is_refused),
 		cmocka_unit_test(test_hostport_forms),
 		cmocka_unit_test(test_resolv_conf_nameservers),

@@ -2,9 +2,9 @@
 /*
  * The handoff from the engine's workers to the policy proxy
  * (egress/intercept.c): the queue to a proxy on another worker is bounded
- * in connections and in bytes, a refused connection is closed, and every
- * connection's unit of the daemon's EGRESSD_MAX_CONNS count comes back
- * whether the proxy refused it, queued it or served it.
+ * in connections and in bytes, a refused handoff closes the connection and
+ * leaves its unit of the daemon's EGRESSD_MAX_CONNS count with the caller,
+ * and the proxy gives back the units of what it queued or served.
  *
  * The proxy's loop never runs here, so what other workers queue stays
  * queued: the bounds are reached without racing a consumer.
@@ -77,6 +77,23 @@ static int teardown(void **state)
 	return 0;
 }
 
+/* Room for @fds descriptors: raise the soft limit, or skip the test. */
+static void need_fds(rlim_t fds)
+{
+	struct rlimit rl;
+
+	assert_int_equal(getrlimit(RLIMIT_NOFILE, &rl), 0);
+	if (rl.rlim_cur < fds) {
+		rl.rlim_cur = rl.rlim_max < fds ? rl.rlim_max : fds;
+		assert_int_equal(setrlimit(RLIMIT_NOFILE, &rl), 0);
+	}
+	if (rl.rlim_cur < fds) {
+		print_message("skipped: RLIMIT_NOFILE's hard limit %llu is below %llu\n",
+			      (unsigned long long)rl.rlim_max, (unsigned long long)fds);
+		skip();
+	}
+}
+
 static int fd_open(int fd)
 {
 	return fcntl(fd, F_GETFD) != -1;
@@ -104,20 +121,10 @@ static void test_queue_bounded_in_connections(void **state)
 {
 	struct fix *f = *state;
 	static int peers[QUEUE_MAX + 1];
-	struct rlimit rl;
 	int fd, i;
 
 	/* Two descriptors per queued connection, and a few to spare. */
-	assert_int_equal(getrlimit(RLIMIT_NOFILE, &rl), 0);
-	if (rl.rlim_cur < 2 * QUEUE_MAX + 64) {
-		rl.rlim_cur = rl.rlim_max < 2 * QUEUE_MAX + 64 ? rl.rlim_max : 2 * QUEUE_MAX + 64;
-		assert_int_equal(setrlimit(RLIMIT_NOFILE, &rl), 0);
-	}
-	if (rl.rlim_cur < 2 * QUEUE_MAX + 64) {
-		print_message("skipped: RLIMIT_NOFILE's hard limit %llu is below %d\n",
-			      (unsigned long long)rl.rlim_max, 2 * QUEUE_MAX + 64);
-		skip();
-	}
+	need_fds(2 * QUEUE_MAX + 64);
 
 	for (i = 0; i < QUEUE_MAX; i++)
 		assert_int_equal(hand(f, 1, 1, &fd, &peers[i]), 0);
@@ -142,6 +149,7 @@ static void test_queue_bounded_in_bytes(void **state)
 	static int peers[N + 1];
 	int fd, i;
 
+	need_fds(2 * N + 64);
 	for (i = 0; i < N; i++)
 		assert_int_equal(hand(f, 1, HELLO_MAX, &fd, &peers[i]), 0);
 	assert_int_equal(hand(f, 1, HELLO_MAX, &fd, &peers[i]), -EAGAIN);

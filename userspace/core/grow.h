@@ -1,29 +1,33 @@
 /* SPDX-License-Identifier: MIT */
 /*
- * Growing a heap buffer: the one doubling rule behind every append buffer
- * in the daemon (output queues, HTTP heads and bodies, SSE events, JSON).
+ * Growing a heap buffer: the one doubling rule behind the daemon's append
+ * buffers (proxy output, HTTP heads and bodies, SSE events, JSON, /metrics).
  */
 #ifndef EGD_CORE_GROW_H
 #define EGD_CORE_GROW_H
 
+#include <errno.h>
 #include <stdint.h>
 #include <stdlib.h>
 
 /*
  * @buf (capacity *@cap, NULL when 0) reallocated to hold at least @need
- * bytes: the capacity doubles from @initial (or from *@cap) until it does.
- * Returns the buffer, perhaps moved, with *@cap updated; NULL when out of
- * memory or @need cannot be reached, with @buf and *@cap unchanged. Call it
- * only when @need > *@cap.
+ * bytes: the capacity doubles from @initial (> 0; or from *@cap) until it
+ * does. Returns the buffer, perhaps moved, with *@cap updated; NULL + errno
+ * (ENOMEM) when out of memory or @need cannot be reached, with @buf and
+ * *@cap unchanged. Call it only when @need > *@cap: NULL then always means
+ * failure.
  */
 static inline void *egd_grow(void *buf, size_t *cap, size_t need, size_t initial)
 {
-	size_t ncap = *cap ? *cap : initial;
+	size_t ncap = *cap ? *cap : initial ? initial : 1;
 	void *nb;
 
 	while (ncap < need) {
-		if (ncap > SIZE_MAX / 2)
+		if (ncap > SIZE_MAX / 2) {
+			errno = ENOMEM;
 			return NULL;
+		}
 		ncap *= 2;
 	}
 	nb = realloc(buf, ncap);

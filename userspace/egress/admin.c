@@ -7,6 +7,7 @@
  */
 #include "egress/daemon.h"
 #include "egress/intercept.h"
+#include "core/grow.h"
 #include "core/log.h"
 
 #include <errno.h>
@@ -39,6 +40,7 @@ static void sb_printf(struct sbuf *b, const char *fmt, ...) __attribute__((forma
 static void sb_printf(struct sbuf *b, const char *fmt, ...)
 {
 	va_list ap;
+	char *np;
 	int n;
 
 	for (;;) {
@@ -51,13 +53,10 @@ static void sb_printf(struct sbuf *b, const char *fmt, ...)
 			b->len += (size_t)n;
 			return;
 		}
-		size_t cap = (b->cap ? b->cap * 2 : 8192) + (size_t)n;
-		char *np = realloc(b->p, cap);
-
+		np = egd_grow(b->p, &b->cap, b->len + (size_t)n + 1, 8192);
 		if (!np)
 			return;
 		b->p = np;
-		b->cap = cap;
 	}
 }
 

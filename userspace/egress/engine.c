@@ -548,7 +548,9 @@ static void hand_off(struct egd_conn *c)
 	c->cw.fd = -1;
 	/* The proxy's connection stays under EGRESSD_MAX_CONNS: it takes a
 	 * slot of its own before conn_close() gives this one back, so an agent
-	 * cannot hold more than the limit by opening them to the LLM host. */
+	 * cannot hold more than the limit by opening them to the LLM host. In
+	 * between the count is one over for a moment: an accept elsewhere at
+	 * exactly the limit may be reset then, never one beyond it let in. */
 	__atomic_add_fetch(&c->d->n_conns, 1, __ATOMIC_RELAXED);
 	err = egd_intercept_handoff(c->d->intercept, c->wk->id, fd, c->intent.sniff.proto,
 				    c->intent.sniff.host, c->buf, c->len);

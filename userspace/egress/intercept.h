@@ -23,9 +23,10 @@ struct egd_intercept;
  * budget, create a proxy on each of the first @nproxy (0: all) of the
  * @workers loops @loops (before their threads run) and start the plain
  * listener on EGRESSD_PROXY_HTTP_LISTEN on the first. Each connection handed
- * off or accepted by that listener holds a unit of *@slots (at most
- * @max_slots) until it closes (egd_intercept_handoff(),
- * egd_proxy_count_served()). NULL + errno, with the reason logged.
+ * off or accepted by that listener holds a unit of *@slots until it closes
+ * (egd_intercept_handoff(), egd_proxy_count_served()); the listener resets
+ * a connection that would take the count past @max_slots. NULL + errno,
+ * with the reason logged.
  */
 struct egd_intercept *egd_intercept_new(struct egd_loop *const *loops, unsigned int workers,
 					unsigned int nproxy, unsigned int *slots,

@@ -1139,8 +1139,7 @@ static void conn_cb(struct egd_watch *w, uint32_t events)
 
 /* ---- entry points ---------------------------------------------------------- */
 
-static int serve_plain(struct egd_proxy *p, int fd, const uint8_t *prefix, size_t prefix_len,
-		       int counted)
+int egd_proxy_serve_plain(struct egd_proxy *p, int fd, const uint8_t *prefix, size_t prefix_len)
 {
 	struct pconn *c = conn_new(p, fd, prefix, prefix_len, 0);
 	int err;
@@ -1155,15 +1154,10 @@ static int serve_plain(struct egd_proxy *p, int fd, const uint8_t *prefix, size_
 		conn_free(c);
 		return err;
 	}
-	c->holds_slot = counted && p->slots;
+	c->holds_slot = p->slots != NULL;
 	/* The prefix may already hold a whole request. */
 	conn_process(c);
 	return 0;
-}
-
-int egd_proxy_serve_plain(struct egd_proxy *p, int fd, const uint8_t *prefix, size_t prefix_len)
-{
-	return serve_plain(p, fd, prefix, prefix_len, 1);
 }
 
 void egd_proxy_count_served(struct egd_proxy *p, unsigned int *slots, unsigned int max)
@@ -1260,7 +1254,7 @@ static void listener_cb(struct egd_watch *w, uint32_t events)
 			close(fd);
 			continue;
 		}
-		if (serve_plain(l->p, fd, NULL, 0, 1) && l->p->slots)
+		if (egd_proxy_serve_plain(l->p, fd, NULL, 0) && l->p->slots)
 			__atomic_fetch_sub(l->p->slots, 1, __ATOMIC_RELAXED);
 	}
 }
