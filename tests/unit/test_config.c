@@ -245,6 +245,10 @@ static void test_proxy_bad_flag_names_the_flag(void **state)
 		  "EGRESSD_PROXY_HTTP_LISTEN" },
 		{ "--proxy-http-listen=localhost:8080", "--proxy-http-listen",
 		  "EGRESSD_PROXY_HTTP_LISTEN" },
+		{ "--proxy-http-listen=127.0.0.1:", "--proxy-http-listen",
+		  "EGRESSD_PROXY_HTTP_LISTEN" },
+		{ "--proxy-http-listen=[::1]:70000", "--proxy-http-listen",
+		  "EGRESSD_PROXY_HTTP_LISTEN" },
 		{ "--openrouter-management-key-file=/nonexistent/key",
 		  "--openrouter-management-key-file", "OPENROUTER_MANAGEMENT_KEY_FILE" },
 	};

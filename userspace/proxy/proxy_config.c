@@ -244,35 +244,54 @@ static int load_secret(egd_getenv_fn fn, void *ctx, const char *name, char **out
 
 /* "off" or ADDR:PORT with a literal IPv4 or [IPv6] address, as the
  * listener takes it, so a typo stops the daemon before anything starts. */
-static int check_listen(egd_getenv_fn fn, const char *v, char *err, size_t errlen)
+int egd_proxy_parse_listen(const char *addr, struct sockaddr_storage *ss, socklen_t *len)
 {
+	struct sockaddr_in *in4 = (struct sockaddr_in *)ss;
+	struct sockaddr_in6 *in6 = (struct sockaddr_in6 *)ss;
+	const char *colon = strrchr(addr, ':');
 	char host[INET6_ADDRSTRLEN + 2];
-	unsigned char a[sizeof(struct in6_addr)];
-	const char *colon = v ? strrchr(v, ':') : NULL;
 	size_t hl;
 	char *end;
 	long port;
 
-	if (!v || strcmp(v, "off") == 0)
-		return 0;
 	if (!colon)
-		goto bad;
+		return -EINVAL;
 	errno = 0;
 	port = strtol(colon + 1, &end, 10);
 	if (errno || end == colon + 1 || *end || port < 0 || port > 65535)
-		goto bad;
-	hl = (size_t)(colon - v);
-	if (hl >= 2 && v[0] == '[' && v[hl - 1] == ']') {
-		v++;
+		return -EINVAL;
+	hl = (size_t)(colon - addr);
+	if (hl >= 2 && addr[0] == '[' && addr[hl - 1] == ']') {
+		addr++;
 		hl -= 2;
 	}
 	if (hl >= sizeof(host))
-		goto bad;
-	memcpy(host, v, hl);
+		return -EINVAL;
+	memcpy(host, addr, hl);
 	host[hl] = '\0';
-	if (inet_pton(AF_INET, host, a) == 1 || inet_pton(AF_INET6, host, a) == 1)
+	memset(ss, 0, sizeof(*ss));
+	if (inet_pton(AF_INET, host, &in4->sin_addr) == 1) {
+		in4->sin_family = AF_INET;
+		in4->sin_port = htons((unsigned short)port);
+		*len = sizeof(*in4);
 		return 0;
-bad:
+	}
+	if (inet_pton(AF_INET6, host, &in6->sin6_addr) == 1) {
+		in6->sin6_family = AF_INET6;
+		in6->sin6_port = htons((unsigned short)port);
+		*len = sizeof(*in6);
+		return 0;
+	}
+	return -EINVAL;
+}
+
+static int check_listen(egd_getenv_fn fn, const char *v, char *err, size_t errlen)
+{
+	struct sockaddr_storage ss;
+	socklen_t len;
+
+	if (!v || strcmp(v, "off") == 0 || egd_proxy_parse_listen(v, &ss, &len) == 0)
+		return 0;
 	return bad_value(err, errlen, fn, "EGRESSD_PROXY_HTTP_LISTEN", v,
 			 "expected ADDR:PORT (IPv4 or [IPv6] address) or off");
 }

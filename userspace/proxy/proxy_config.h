@@ -11,6 +11,7 @@
 #define EGD_PROXY_CONFIG_H
 
 #include <stddef.h>
+#include <sys/socket.h>
 
 /* Default UPSTREAM_TIMEOUT_S: long completions with reasoning take minutes. */
 #define EGD_UPSTREAM_DEFAULT_TIMEOUT_S 300
@@ -57,6 +58,11 @@ struct egd_proxy_config {
 /* The process's settings, for egd_proxy_config_load(): the flags given to
  * egd_config_load() first, then the environment (egd_config_get()). */
 const char *egd_proxy_getenv(void *ctx, const char *name);
+
+/* EGRESSD_PROXY_HTTP_LISTEN's form, "ADDR:PORT" with an IPv4 or [IPv6]
+ * address and a port 0-65535 (0: any), into *@ss and *@len. 0 or -EINVAL;
+ * "off" is the caller's to handle. */
+int egd_proxy_parse_listen(const char *addr, struct sockaddr_storage *ss, socklen_t *len);
 
 /*
  * Fill @cfg from @get. Returns 0, or -EINVAL with a message naming the

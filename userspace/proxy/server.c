@@ -1259,46 +1259,6 @@ static void listener_cb(struct egd_watch *w, uint32_t events)
 	}
 }
 
-static int parse_listen(const char *addr, struct sockaddr_storage *ss, socklen_t *len)
-{
-	struct sockaddr_in *in4 = (struct sockaddr_in *)ss;
-	struct sockaddr_in6 *in6 = (struct sockaddr_in6 *)ss;
-	const char *colon = strrchr(addr, ':');
-	char host[INET6_ADDRSTRLEN + 2];
-	size_t hl;
-	long port;
-	char *end;
-
-	if (!colon)
-		return -EINVAL;
-	port = strtol(colon + 1, &end, 10);
-	if (*end || port < 0 || port > 65535)
-		return -EINVAL;
-	hl = (size_t)(colon - addr);
-	if (hl >= 2 && addr[0] == '[' && addr[hl - 1] == ']') {
-		addr++;
-		hl -= 2;
-	}
-	if (hl >= sizeof(host))
-		return -EINVAL;
-	memcpy(host, addr, hl);
-	host[hl] = 0;
-	memset(ss, 0, sizeof(*ss));
-	if (inet_pton(AF_INET, host, &in4->sin_addr) == 1) {
-		in4->sin_family = AF_INET;
-		in4->sin_port = htons((unsigned short)port);
-		*len = sizeof(*in4);
-		return 0;
-	}
-	if (inet_pton(AF_INET6, host, &in6->sin6_addr) == 1) {
-		in6->sin6_family = AF_INET6;
-		in6->sin6_port = htons((unsigned short)port);
-		*len = sizeof(*in6);
-		return 0;
-	}
-	return -EINVAL;
-}
-
 int egd_proxy_listen(struct egd_proxy *p, const char *addr)
 {
 	struct sockaddr_storage ss;
@@ -1306,7 +1266,7 @@ int egd_proxy_listen(struct egd_proxy *p, const char *addr)
 	socklen_t len;
 	int fd, one = 1, err;
 
-	err = parse_listen(addr, &ss, &len);
+	err = egd_proxy_parse_listen(addr, &ss, &len);
 	if (err)
 		return err;
 	fd = socket(ss.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
