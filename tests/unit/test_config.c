@@ -21,7 +21,9 @@
 #include <cmocka.h>
 
 #include "core/config.h"
+#include "proxy/ca.h"
 #include "proxy/proxy_config.h"
+#include "proxy/server.h"
 
 static void clear_env(void)
 {
@@ -35,7 +37,9 @@ static void clear_env(void)
 					    "OPENROUTER_MANAGEMENT_KEY",
 					    "OPENROUTER_MANAGEMENT_KEY_FILE",
 					    "OPENROUTER_UPSTREAM_API_KEY",
-					    "EGRESSD_PROXY_HTTP_LISTEN" };
+					    "EGRESSD_PROXY_HTTP_LISTEN", "PROVIDER_ALLOW_FALLBACKS",
+					    "BUDGET_RESERVE_USD",     "UPSTREAM_TIMEOUT_S",
+					    "EVALUATION_RUN_ID",      "PROXY_DATA_DIR" };
 
 	for (size_t i = 0; i < sizeof(vars) / sizeof(vars[0]); i++)
 		unsetenv(vars[i]);
@@ -199,6 +203,49 @@ static int load_proxy(int argc, char **argv, struct egd_proxy_config *pc, char *
 
 	assert_int_equal(egd_config_load(&c, argc, argv), 0);
 	return egd_proxy_config_load(pc, egd_proxy_getenv, NULL, err, EGD_CONFIG_ERR_MAX_BYTES);
+}
+
+/* The defaults `egressd help` shows for the proxy's settings are written
+ * in the settings table and, for real, in the proxy's loader and headers:
+ * giving each shown default explicitly must change nothing. */
+static void test_proxy_shown_defaults_are_the_real_ones(void **state)
+{
+	static const char *const shown[] = {
+		"PROVIDER_ALLOW_FALLBACKS", "MAX_COST_USD",	 "BUDGET_RESERVE_USD",
+		"MAX_REQUEST_BYTES",	    "WORKSPACE_CHECK_TTL_S", "UPSTREAM_TIMEOUT_S",
+		"EVALUATION_RUN_ID",	    "PROXY_DATA_DIR",	     "UPSTREAM_BASE_URL",
+	};
+	char err[EGD_CONFIG_ERR_MAX_BYTES];
+	struct egd_proxy_config unset, given;
+
+	(void)state;
+	clear_env();
+	assert_int_equal(load_proxy(0, NULL, &unset, err), 0);
+	for (size_t i = 0; i < sizeof(shown) / sizeof(shown[0]); i++) {
+		const char *d = egd_config_default(shown[i]);
+
+		assert_non_null(d);
+		assert_true(*d);
+		setenv(shown[i], d, 1);
+	}
+	assert_int_equal(load_proxy(0, NULL, &given, err), 0);
+	assert_int_equal(given.allow_fallbacks, unset.allow_fallbacks);
+	assert_true(given.max_cost_usd == unset.max_cost_usd);
+	assert_true(given.budget_reserve_usd == unset.budget_reserve_usd);
+	assert_int_equal(given.max_request_bytes, unset.max_request_bytes);
+	assert_int_equal(given.workspace_ttl_s, unset.workspace_ttl_s);
+	assert_int_equal(given.upstream_timeout_s, unset.upstream_timeout_s);
+	assert_string_equal(given.evaluation_run_id, unset.evaluation_run_id);
+	assert_string_equal(given.data_dir, unset.data_dir);
+	assert_string_equal(given.upstream_base_url, unset.upstream_base_url);
+	/* These three are read where they are used, with these defaults. */
+	assert_string_equal(egd_config_default("EGRESSD_PROXY_HTTP_LISTEN"),
+			    EGD_PROXY_HTTP_LISTEN_DEFAULT);
+	assert_string_equal(egd_config_default("EGRESSD_CA_DIR"), EGD_CA_DIR_DEFAULT);
+	assert_string_equal(egd_config_default("EGRESSD_CA_KEY_DIR"), EGD_CA_KEY_DIR_DEFAULT);
+	egd_proxy_config_free(&unset);
+	egd_proxy_config_free(&given);
+	clear_env();
 }
 
 static void test_proxy_flag_wins_over_environment(void **state)
@@ -422,6 +469,7 @@ int main(void)
 		cmocka_unit_test(test_flag_wins_over_environment),
 		cmocka_unit_test(test_bad_values_are_refused),
 		cmocka_unit_test(test_out_of_range_names_its_range),
+		cmocka_unit_test(test_proxy_shown_defaults_are_the_real_ones),
 		cmocka_unit_test(test_unknown_flag_is_refused),
 		cmocka_unit_test(test_hostport_forms),
 		cmocka_unit_test(test_resolv_conf_nameservers),

@@ -486,6 +486,13 @@ const char *egd_config_get(const char *env)
 	return getenv(env);
 }
 
+const char *egd_config_default(const char *env)
+{
+	const struct opt *o = find(env);
+
+	return o ? o->def : NULL;
+}
+
 const char *egd_config_source(const char *env)
 {
 	const struct opt *o = find(env);

@@ -72,6 +72,11 @@ const char *egd_config_source(const char *env);
 /* The flag of @env without its "--", or NULL when @env has none. */
 const char *egd_config_flag(const char *env);
 
+/* The default the settings table shows for @env, or NULL (none, or not a
+ * setting). For the proxy's settings the proxy's loader holds the real
+ * default; a unit test keeps the two equal. */
+const char *egd_config_default(const char *env);
+
 /* Print the settings table (flag, variable, default, meaning). */
 void egd_config_usage(FILE *out);
 
