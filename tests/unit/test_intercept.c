@@ -180,6 +180,34 @@ static void test_served_connection_holds_its_slot(void **state)
 	close(peer);
 }
 
+static void stop_loop(void *arg)
+{
+	egd_loop_stop(arg);
+}
+
+/* A queued connection the proxy then refuses (here a TLS one whose SNI no
+ * certificate can be made for) is closed by the proxy's thread, which
+ * gives its slot back. */
+static void test_queued_then_refused_gives_its_slot_back(void **state)
+{
+	static uint8_t hello[1] = { 0x16 };
+	struct fix *f = *state;
+	int sv[2];
+
+	assert_int_equal(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv), 0);
+	f->slots++;
+	assert_int_equal(egd_intercept_handoff(f->ic, 1, sv[0], EGD_PROTO_TLS, "bad host!",
+					       hello, sizeof(hello)),
+			 0);
+	assert_int_equal(f->slots, 1);
+	/* One turn of the proxy's loop takes the queue. */
+	assert_int_equal(egd_loop_on_turn(f->loops[0], stop_loop, f->loops[0]), 0);
+	assert_int_equal(egd_loop_run(f->loops[0]), 0);
+	assert_int_equal(f->slots, 0);
+	assert_false(fd_open(sv[0]));
+	close(sv[1]);
+}
+
 /* A worker the intercept does not know is refused, not queued anywhere. */
 static void test_unknown_worker_refused(void **state)
 {
@@ -199,6 +227,8 @@ int main(void)
 						teardown),
 		cmocka_unit_test_setup_teardown(test_queue_bounded_in_bytes, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_served_connection_holds_its_slot, setup,
+						teardown),
+		cmocka_unit_test_setup_teardown(test_queued_then_refused_gives_its_slot_back, setup,
 						teardown),
 		cmocka_unit_test_setup_teardown(test_unknown_worker_refused, setup, teardown),
 	};
