@@ -147,3 +147,34 @@ teardown() {
 	! ls -d "$CG_ROOT"/egressd-exec-* 2>/dev/null
 	[ ! -e "$PIN" ]
 }
+
+@test "EGRESSD_MAX_CONNS: a tunnel beyond the limit is reset, and a close frees a slot" {
+	egd_setup --max-conns 2 --admin-listen 127.0.0.1:15000
+	flip_to_verification
+	agent python3 - "$SRV4" <<'PY'
+import socket, sys, time
+
+host = sys.argv[1]
+
+def echoes(s):
+    try:
+        s.sendall(b"ping")
+        s.settimeout(3)
+        return s.recv(16) == b"ping"
+    except OSError:
+        return False
+
+def dial():
+    return socket.create_connection((host, 7001), timeout=5)
+
+held = [dial() for _ in range(2)]
+assert all(echoes(s) for s in held), "the first two tunnels did not echo"
+assert not echoes(dial()), "a third tunnel was served beyond --max-conns 2"
+held.pop().close()
+deadline = time.time() + 5
+while not echoes(dial()):
+    assert time.time() < deadline, "no slot came back after a close"
+    time.sleep(0.1)
+PY
+	[ "$(metric egressd_overload_resets_total)" -ge 1 ]
+}
