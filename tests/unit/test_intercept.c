@@ -99,8 +99,9 @@ static int fd_open(int fd)
 	return fcntl(fd, F_GETFD) != -1;
 }
 
-/* Hand one connection from @worker with a @len-byte prefix, taking its
- * slot as the engine does; the agent's end goes to *@peer. */
+/* Hand one connection from @worker with a @len-byte prefix, as the engine
+ * does: its slot, taken at accept, moves with it, or on a refusal stays
+ * with the caller, which gives it back. The agent's end goes to *@peer. */
 static int hand(struct fix *f, unsigned int worker, size_t len, int *fd, int *peer)
 {
 	static uint8_t prefix[HELLO_MAX];
@@ -113,55 +114,47 @@ static int hand(struct fix *f, unsigned int worker, size_t len, int *fd, int *pe
 	f->slots++;
 	err = egd_intercept_handoff(f->ic, worker, sv[0], EGD_PROTO_HTTP, "", prefix, len);
 	if (err)
-		f->slots--; /* a refused handoff leaves the slot with the caller */
+		f->slots--; /* the engine's conn_close() */
 	return err;
+}
+
+/*
+ * Queue connections with @len-byte prefixes from worker 1 until the queue
+ * refuses one: that must be the (@n + 1)th, refused, closed and its slot
+ * left with the caller. Then destroying the proxy closes what it never took
+ * and gives back every slot.
+ */
+static void fill_until_refused(struct fix *f, size_t len, int n)
+{
+	int *peers, fd, i;
+
+	need_fds(2 * (rlim_t)n + 64); /* two per queued connection, and spare */
+	peers = calloc((size_t)n + 1, sizeof(*peers));
+	assert_non_null(peers);
+	for (i = 0; i < n; i++)
+		assert_int_equal(hand(f, 1, len, &fd, &peers[i]), 0);
+	assert_int_equal(f->slots, n);
+	assert_int_equal(hand(f, 1, len, &fd, &peers[n]), -EAGAIN);
+	assert_false(fd_open(fd));
+	assert_int_equal(f->slots, n);
+	egd_intercept_destroy(f->ic);
+	f->ic = NULL;
+	assert_int_equal(f->slots, 0);
+	for (i = 0; i <= n; i++)
+		close(peers[i]);
+	free(peers);
 }
 
 static void test_queue_bounded_in_connections(void **state)
 {
-	struct fix *f = *state;
-	static int peers[QUEUE_MAX + 1];
-	int fd, i;
-
-	/* Two descriptors per queued connection, and a few to spare. */
-	need_fds(2 * QUEUE_MAX + 64);
-
-	for (i = 0; i < QUEUE_MAX; i++)
-		assert_int_equal(hand(f, 1, 1, &fd, &peers[i]), 0);
-	assert_int_equal(f->slots, QUEUE_MAX);
-	/* One more is refused, closed, and its slot stays with the caller. */
-	assert_int_equal(hand(f, 1, 1, &fd, &peers[i]), -EAGAIN);
-	assert_false(fd_open(fd));
-	assert_int_equal(f->slots, QUEUE_MAX);
-	/* Destroying the proxy closes what it never took and gives back
-	 * every slot. */
-	egd_intercept_destroy(f->ic);
-	f->ic = NULL;
-	assert_int_equal(f->slots, 0);
-	for (i = 0; i <= QUEUE_MAX; i++)
-		close(peers[i]);
+	fill_until_refused(*state, 1, QUEUE_MAX);
 }
 
+/* 16 KiB hellos: the byte bound stops the queue long before the count. */
 static void test_queue_bounded_in_bytes(void **state)
 {
-	struct fix *f = *state;
-	enum { N = QUEUE_MAX_BYTES / HELLO_MAX };
-	static int peers[N + 1];
-	int fd, i;
-
-	need_fds(2 * N + 64);
-	for (i = 0; i < N; i++)
-		assert_int_equal(hand(f, 1, HELLO_MAX, &fd, &peers[i]), 0);
-	assert_int_equal(hand(f, 1, HELLO_MAX, &fd, &peers[i]), -EAGAIN);
-	assert_false(fd_open(fd));
-	/* Far fewer connections than the count bound: bytes stopped it. */
-	assert_true(N < QUEUE_MAX);
-	assert_int_equal(f->slots, N);
-	egd_intercept_destroy(f->ic);
-	f->ic = NULL;
-	assert_int_equal(f->slots, 0);
-	for (i = 0; i <= N; i++)
-		close(peers[i]);
+	assert_true(QUEUE_MAX_BYTES / HELLO_MAX < QUEUE_MAX);
+	fill_until_refused(*state, HELLO_MAX, QUEUE_MAX_BYTES / HELLO_MAX);
 }
 
 /* On the proxy's own worker the connection is served at once, and holds

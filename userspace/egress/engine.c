@@ -17,6 +17,7 @@
 #include "core/counter.h"
 #include "core/log.h"
 #include "core/resolve.h"
+#include "core/slots.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -90,6 +91,7 @@ struct egd_conn {
 	struct dir up, down; /* up: client -> upstream */
 	uint64_t bytes_up, bytes_down;
 	int counted_open;
+	int slot_moved; /* its EGRESSD_MAX_CONNS slot went to the policy proxy */
 };
 
 static void conn_free_cb(void *arg)
@@ -128,13 +130,10 @@ static void close_fd(struct egd_watch *w, int rst)
 {
 	if (w->fd < 0)
 		return;
-	if (rst) {
-		/* Linger 0: close() sends RST, so the peer fails at once. */
-		struct linger lg = { .l_onoff = 1, .l_linger = 0 };
-
-		setsockopt(w->fd, SOL_SOCKET, SO_LINGER, &lg, sizeof(lg));
-	}
-	close(w->fd);
+	if (rst)
+		egd_close_reset(w->fd);
+	else
+		close(w->fd);
 	w->fd = -1;
 }
 
@@ -198,7 +197,8 @@ static void conn_close(struct egd_conn *c, const char *why, int rst)
 	if (c->next)
 		c->next->prev = c->prev;
 	wk->n_conns--;
-	__atomic_fetch_sub(&c->d->n_conns, 1, __ATOMIC_RELAXED);
+	if (!c->slot_moved)
+		egd_slot_give(&c->d->n_conns);
 	if (egd_loop_defer(wk->loop, conn_free_cb, c))
 		egd_warn("connection memory leaked: defer queue full");
 }
@@ -546,18 +546,15 @@ static void hand_off(struct egd_conn *c)
 
 	egd_loop_del(c->wk->loop, &c->cw);
 	c->cw.fd = -1;
-	/* The proxy's connection stays under EGRESSD_MAX_CONNS: it takes a
-	 * slot of its own before conn_close() gives this one back, so an agent
-	 * cannot hold more than the limit by opening them to the LLM host. In
-	 * between the count is one over for a moment: an accept elsewhere at
-	 * exactly the limit may be reset then, never one beyond it let in. */
-	__atomic_add_fetch(&c->d->n_conns, 1, __ATOMIC_RELAXED);
 	err = egd_intercept_handoff(c->d->intercept, c->wk->id, fd, c->intent.sniff.proto,
 				    c->intent.sniff.host, c->buf, c->len);
-	if (err) {
-		__atomic_fetch_sub(&c->d->n_conns, 1, __ATOMIC_RELAXED);
+	if (err)
 		egd_warn("handing a connection to the policy proxy: %s", strerror(-err));
-	}
+	else
+		/* Its EGRESSD_MAX_CONNS slot goes with it: the proxy gives it
+		 * back when the connection ends, so an agent cannot hold more
+		 * than the limit by opening them to the LLM host. */
+		c->slot_moved = 1;
 	conn_close(c, NULL, 0);
 }
 
@@ -776,13 +773,9 @@ static void accept_one(struct egd_listener *l, int fd, const struct sockaddr *pe
 	struct egd_conn *c;
 	int err;
 
-	if (__atomic_add_fetch(&d->n_conns, 1, __ATOMIC_RELAXED) > d->cfg.max_conns) {
-		struct linger lg = { .l_onoff = 1, .l_linger = 0 };
-
-		__atomic_fetch_sub(&d->n_conns, 1, __ATOMIC_RELAXED);
+	if (!egd_slot_take(&d->n_conns, d->cfg.max_conns)) {
 		EGD_COUNTER_INC(wk->m.overload_resets);
-		setsockopt(fd, SOL_SOCKET, SO_LINGER, &lg, sizeof(lg));
-		close(fd);
+		egd_close_reset(fd);
 		return;
 	}
 	c = calloc(1, sizeof(*c));
@@ -791,7 +784,7 @@ static void accept_one(struct egd_listener *l, int fd, const struct sockaddr *pe
 	if (!c || !c->buf) {
 		if (c)
 			free(c);
-		__atomic_fetch_sub(&d->n_conns, 1, __ATOMIC_RELAXED);
+		egd_slot_give(&d->n_conns);
 		close(fd);
 		return;
 	}

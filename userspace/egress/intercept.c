@@ -14,6 +14,7 @@
  */
 #include "egress/intercept.h"
 #include "core/log.h"
+#include "core/slots.h"
 #include "proxy/ca.h"
 #include "proxy/proxy_config.h"
 #include "proxy/server.h"
@@ -95,7 +96,7 @@ static void on_wake(struct egd_watch *w, uint32_t events)
 		err = serve(in->proxy, h->fd, h->proto, h->host, h->prefix, h->len);
 		if (err) {
 			egd_warn("policy proxy refused a connection: %s", strerror(-err));
-			__atomic_fetch_sub(in->slots, 1, __ATOMIC_RELAXED);
+			egd_slot_give(in->slots);
 		}
 		free(h);
 	}
@@ -108,7 +109,7 @@ static void inbox_fini(struct inbox *in)
 	for (h = in->head; h; h = next) {
 		next = h->next;
 		close(h->fd);
-		__atomic_fetch_sub(in->slots, 1, __ATOMIC_RELAXED);
+		egd_slot_give(in->slots);
 		free(h);
 	}
 	if (in->wake.fd >= 0) {

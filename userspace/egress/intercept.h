@@ -40,9 +40,10 @@ void egd_intercept_destroy(struct egd_intercept *ic);
  * to) the accepted connection
  * @fd (already out of the caller's epoll set), its @proto (TLS or HTTP), the
  * SNI or Host @host ("" for none) and the @prefix bytes already read from
- * it. Takes @fd in every case (closed on error). The caller has taken a
- * unit of egd_intercept_new()'s *@slots for the connection: on success the
- * proxy gives it back when the connection ends, on error the caller does.
+ * it. Takes @fd in every case (closed on error). The connection's unit of
+ * egd_intercept_new()'s *@slots (the caller took it at accept) moves with it
+ * on success, and the proxy gives it back when the connection ends; on
+ * error it stays with the caller.
  * Returns 0 or -errno.
  */
 int egd_intercept_handoff(struct egd_intercept *ic, unsigned int worker, int fd,

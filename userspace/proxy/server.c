@@ -31,6 +31,7 @@
 #include "core/counter.h"
 #include "core/grow.h"
 #include "core/log.h"
+#include "core/slots.h"
 #include "proxy/http1.h"
 #include "proxy/policy.h"
 #include "proxy/sockbio.h"
@@ -424,7 +425,7 @@ static void conn_close(struct pconn *c)
 		c->next->prev = c->prev;
 	EGD_COUNTER_DEC(p->nconns);
 	if (c->holds_slot)
-		__atomic_fetch_sub(p->slots, 1, __ATOMIC_RELAXED);
+		egd_slot_give(p->slots);
 	if (egd_loop_defer(p->loop, conn_free, c))
 		egd_warn("proxy: cannot defer a free; leaking one connection");
 }
@@ -1244,18 +1245,13 @@ static void listener_cb(struct egd_watch *w, uint32_t events)
 				egd_warn("proxy: accept: %s", strerror(errno));
 			return;
 		}
-		if (l->p->slots &&
-		    __atomic_add_fetch(l->p->slots, 1, __ATOMIC_RELAXED) > l->p->max_slots) {
-			struct linger lg = { .l_onoff = 1, .l_linger = 0 };
-
-			__atomic_fetch_sub(l->p->slots, 1, __ATOMIC_RELAXED);
+		if (l->p->slots && !egd_slot_take(l->p->slots, l->p->max_slots)) {
 			EGD_COUNTER_INC(l->p->stats.overload_resets);
-			setsockopt(fd, SOL_SOCKET, SO_LINGER, &lg, sizeof(lg));
-			close(fd);
+			egd_close_reset(fd);
 			continue;
 		}
 		if (egd_proxy_serve_plain(l->p, fd, NULL, 0) && l->p->slots)
-			__atomic_fetch_sub(l->p->slots, 1, __ATOMIC_RELAXED);
+			egd_slot_give(l->p->slots);
 	}
 }
 

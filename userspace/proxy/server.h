@@ -86,9 +86,9 @@ int egd_proxy_serve_plain(struct egd_proxy *p, int fd, const uint8_t *prefix, si
 /*
  * Count this proxy's connections against a limit of @max shared with the
  * caller in *@slots (the daemon's EGRESSD_MAX_CONNS), updated atomically.
- * For the two calls above the caller takes a unit before the call; a call
- * that returns 0 keeps it until that connection closes and then gives it
- * back (from this proxy's thread); a call that fails leaves it with the
+ * For the two calls above the caller holds a unit for the connection; a
+ * call that returns 0 takes it over and gives it back when that connection
+ * closes (from this proxy's thread); a call that fails leaves it with the
  * caller. Connections accepted by egd_proxy_listen() take their own unit,
  * and one beyond @max is reset and counted (overload_resets). Before the
  * loop runs.
