@@ -425,6 +425,21 @@ static void test_inference_line_has_reference_fields(void **state)
 	free(line);
 }
 
+/* The digits rule, from jansson itself: 15 when jansson's 15-digit text
+ * reads back as the same double, else 17. */
+static int digits_by_jansson(double v)
+{
+	json_t *a = json_pack("[f]", v);
+	char *s15 = json_dumps(a, JSON_COMPACT | JSON_REAL_PRECISION(15));
+	json_t *back = json_loads(s15, 0, NULL);
+	int digits = json_real_value(json_array_get(back, 0)) == v ? 15 : 17;
+
+	json_decref(back);
+	json_decref(a);
+	free(s15);
+	return digits;
+}
+
 /* The record writer and jansson agree byte for byte on reals: the digits
  * rule, ".0" on integral values, the exponent without "+" or zeros. */
 static void test_jsonw_reals_match_jansson(void **state)
@@ -456,7 +471,7 @@ static void test_jsonw_reals_match_jansson(void **state)
 				struct egd_jreal r;
 
 				egd_jreal_prepare(&r, cases[i]);
-				assert_int_equal(r.digits, egd_json_real_digits(cases[i]));
+				assert_int_equal(r.digits, digits_by_jansson(cases[i]));
 				egd_jw_init(&w, digits);
 				egd_jw_raw(&w, "[", 1);
 				egd_jw_real_prepared(&w, &r);

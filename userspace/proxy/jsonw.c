@@ -189,8 +189,8 @@ char *egd_jw_take(struct egd_jw *w)
 
 int egd_json_real_digits(double v)
 {
-	char buf[64];
+	struct egd_jreal r;
 
-	snprintf(buf, sizeof(buf), "%.15g", v);
-	return strtod(buf, NULL) == v ? 15 : 17;
+	egd_jreal_prepare(&r, v);
+	return r.digits;
 }
