@@ -861,44 +861,49 @@ static void test_over_cap_answer_withheld(void **state)
 	free(req);
 }
 
-/* @first without its "Connection: close", then @second: two requests for
- * one keep-alive connection. Frees neither. */
-static char *keep_alive_then(char *first, const char *second)
+/* @first without chat()'s "Connection: close", then @second, written at
+ * once on one keep-alive connection to the proxy, which is run until both
+ * are answered. Takes both strings. The caller frees the result. */
+static struct t *keep_alive_run(char *first, char *second)
 {
 	static const char close_hdr[] = "Connection: close\r\n";
+	struct t *t = t_new(base_env(g_base_url));
 	char *a = strstr(first, close_hdr), *both;
 
 	assert_non_null(a);
 	memmove(a, a + strlen(close_hdr), strlen(a + strlen(close_hdr)) + 1);
 	assert_true(asprintf(&both, "%s%s", first, second) > 0);
-	return both;
+	t_add(t, both, 0);
+	t_run(t);
+	free(first);
+	free(second);
+	free(both);
+	return t;
+}
+
+/* The next answer with @status_line in @resp: asserted present. */
+static const char *answer(const char *resp, const char *status_line)
+{
+	const char *a = strstr(resp, status_line);
+
+	assert_non_null(a);
+	return a;
 }
 
 static void test_keep_alive_requests_reuse_upstream(void **state)
 {
-	struct t *t = t_new(base_env(g_base_url));
-	char *first = chat("{\"model\":\"openai/gpt-4o\",\"messages\":[]}",
-			   "Connection: keep-alive\r\n");
-	char *second = chat("{\"model\":\"openai/gpt-4o\",\"messages\":[],\"stream\":true}",
-			    NULL);
-	char *both, *a, *b;
+	struct t *t = keep_alive_run(
+		chat("{\"model\":\"openai/gpt-4o\",\"messages\":[]}",
+		     "Connection: keep-alive\r\n"),
+		chat("{\"model\":\"openai/gpt-4o\",\"messages\":[],\"stream\":true}", NULL));
+	const char *a = answer(t->reqs[0].resp, "HTTP/1.1 200");
+	const char *b = answer(a + 1, "HTTP/1.1 200");
 
 	(void)state;
-	/* chat() ends each with Connection: close; the first must not. */
-	both = keep_alive_then(first, second);
-	t_add(t, both, 0);
-	t_run(t);
-	a = strstr(t->reqs[0].resp, "HTTP/1.1 200");
-	assert_non_null(a);
-	b = strstr(a + 1, "HTTP/1.1 200");
-	assert_non_null(b);
 	/* In order: the JSON answer, then the stream. */
 	assert_non_null(strstr(a, "\"hello\""));
 	assert_true(strstr(a, "\"hello\"") < b);
 	assert_non_null(strstr(b, "data: [DONE]"));
-	free(first);
-	free(second);
-	free(both);
 	t_free(t);
 }
 
@@ -908,25 +913,16 @@ static void test_keep_alive_requests_reuse_upstream(void **state)
  * request would get those bytes as its answer. */
 static void test_upstream_bytes_past_answer_not_reused(void **state)
 {
-	struct t *t = t_new(base_env(g_base_url));
-	char *first = chat("{\"model\":\"fail/trailing\",\"messages\":[]}",
-			   "Connection: keep-alive\r\n");
-	char *second = chat("{\"model\":\"anthropic/claude-sonnet-4\",\"messages\":[]}", NULL);
-	char *both, *a, *b;
+	struct t *t = keep_alive_run(
+		chat("{\"model\":\"fail/trailing\",\"messages\":[]}",
+		     "Connection: keep-alive\r\n"),
+		chat("{\"model\":\"anthropic/claude-sonnet-4\",\"messages\":[]}", NULL));
+	const char *a = answer(t->reqs[0].resp, "HTTP/1.1 200");
+	const char *b = answer(a + 1, "HTTP/1.1 200");
 
 	(void)state;
-	both = keep_alive_then(first, second);
-	t_add(t, both, 0);
-	t_run(t);
-	a = strstr(t->reqs[0].resp, "HTTP/1.1 200");
-	assert_non_null(a);
-	b = strstr(a + 1, "HTTP/1.1 200");
-	assert_non_null(b);
 	assert_non_null(strstr(b, "\"hello\""));
 	assert_null(strstr(t->reqs[0].resp, "smuggled"));
-	free(first);
-	free(second);
-	free(both);
 	t_free(t);
 }
 
@@ -934,26 +930,17 @@ static void test_upstream_bytes_past_answer_not_reused(void **state)
  * another key on the same connection is still checked (and refused). */
 static void test_keep_alive_other_key_still_checked(void **state)
 {
-	struct t *t = t_new(base_env(g_base_url));
-	char *first = chat("{\"model\":\"openai/gpt-4o\",\"messages\":[]}",
-			   "Connection: keep-alive\r\n");
-	char *second = post("/api/v1/chat/completions",
-			    "Authorization: Bearer not-the-key\r\n"
-			    "Content-Type: application/json\r\n",
-			    "{\"model\":\"openai/gpt-4o\",\"messages\":[]}");
-	char *both, *a, *b;
+	struct t *t = keep_alive_run(
+		chat("{\"model\":\"openai/gpt-4o\",\"messages\":[]}",
+		     "Connection: keep-alive\r\n"),
+		post("/api/v1/chat/completions",
+		     "Authorization: Bearer not-the-key\r\n"
+		     "Content-Type: application/json\r\n",
+		     "{\"model\":\"openai/gpt-4o\",\"messages\":[]}"));
+	const char *a = answer(t->reqs[0].resp, "HTTP/1.1 200");
 
 	(void)state;
-	both = keep_alive_then(first, second);
-	t_add(t, both, 0);
-	t_run(t);
-	a = strstr(t->reqs[0].resp, "HTTP/1.1 200");
-	assert_non_null(a);
-	b = strstr(a + 1, "HTTP/1.1 403");
-	assert_non_null(b);
-	free(first);
-	free(second);
-	free(both);
+	answer(a + 1, "HTTP/1.1 403");
 	t_free(t);
 }
 
