@@ -156,9 +156,10 @@ char *egd_inference_line_json(const struct egd_inference *r);
  * then do the answers leave, so a daemon killed at any point loses nothing
  * it answered. (A stream's content leaves as it comes; what waits is its
  * terminating chunk. A commit that fails, a full disk say, is logged and
- * the answers still leave: the ledger in memory keeps enforcing the cap.) The fsyncs that guard against a crash of the machine run on a
- * syncer thread, one per file per round; the event loops never wait for the
- * disk. destroy() flushes. @len may be 0 (usage file only). 0 or the first
+ * the answers still leave: the ledger in memory keeps enforcing the cap.)
+ * The fsyncs that guard against a crash of the machine run on a syncer
+ * thread, one per file per round; the event loops never wait for the disk.
+ * destroy() flushes. @len may be 0 (usage file only). 0 or the first
  * -errno.
  */
 int egd_budget_commit(struct egd_budget *b, const char *lines, size_t len);
