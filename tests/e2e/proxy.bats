@@ -256,14 +256,14 @@ assert refused(), "the limit did not hold after a slot was reused"
 
 def listener_answers():
     # The proxy's own plain listener, which the agent reaches directly.
-    s = socket.create_connection(("127.0.0.1", 8080), timeout=5)
+    # A reset can arrive before connect() returns, so the dial is inside
+    # the try as well.
     try:
-        s.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
-        return s.recv(64).startswith(b"HTTP/1.1 ")
+        with socket.create_connection(("127.0.0.1", 8080), timeout=5) as s:
+            s.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+            return s.recv(64).startswith(b"HTTP/1.1 ")
     except OSError:
         return False
-    finally:
-        s.close()
 
 assert not listener_answers(), "the proxy's listener served beyond --max-conns 4"
 held.pop().close()
