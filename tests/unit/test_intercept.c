@@ -2,7 +2,7 @@
 /*
  * The handoff from the engine's workers to the policy proxy
  * (egress/intercept.c): the queue to a proxy on another worker is bounded
- * in connections and in bytes, a refused handoff closes the connection and
+ * in connections and in bytes, a refused handoff resets the connection and
  * leaves its unit of the daemon's EGRESSD_MAX_CONNS count with the caller,
  * and the proxy gives back the units of what it queued or served.
  *
@@ -19,6 +19,8 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/resource.h>
+#include <arpa/inet.h>
+#include <netinet/in.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -99,15 +101,39 @@ static int fd_open(int fd)
 	return fcntl(fd, F_GETFD) != -1;
 }
 
+/* A connected TCP pair on loopback, where a reset can be seen (a unix
+ * socket pair has none): sv[0] the accepted end, sv[1] the dialler's. */
+static void tcp_pair(int sv[2])
+{
+	struct sockaddr_in a = { .sin_family = AF_INET };
+	socklen_t len = sizeof(a);
+	int l = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+
+	a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+	assert_true(l >= 0);
+	assert_int_equal(bind(l, (struct sockaddr *)&a, sizeof(a)), 0);
+	assert_int_equal(listen(l, 1), 0);
+	assert_int_equal(getsockname(l, (struct sockaddr *)&a, &len), 0);
+	sv[1] = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	assert_int_equal(connect(sv[1], (struct sockaddr *)&a, sizeof(a)), 0);
+	sv[0] = accept4(l, NULL, NULL, SOCK_CLOEXEC);
+	assert_true(sv[0] >= 0);
+	close(l);
+}
+
 /* Hand one connection from @worker with a @len-byte prefix, as the engine
  * does: its slot, taken at accept, moves with it, or on a refusal stays
- * with the caller, which gives it back. The agent's end goes to *@peer. */
-static int hand(struct fix *f, unsigned int worker, size_t len, int *fd, int *peer)
+ * with the caller, which gives it back. The agent's end goes to *@peer;
+ * over loopback TCP when @tcp, else a unix socket pair. */
+static int hand(struct fix *f, unsigned int worker, size_t len, int tcp, int *fd, int *peer)
 {
 	static uint8_t prefix[HELLO_MAX];
 	int sv[2], err;
 
-	assert_int_equal(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv), 0);
+	if (tcp)
+		tcp_pair(sv);
+	else
+		assert_int_equal(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv), 0);
 	*fd = sv[0];
 	*peer = sv[1];
 	memset(prefix, 'G', sizeof(prefix));
@@ -120,22 +146,26 @@ static int hand(struct fix *f, unsigned int worker, size_t len, int *fd, int *pe
 
 /*
  * Queue connections with @len-byte prefixes from worker 1 until the queue
- * refuses one: that must be the (@n + 1)th, refused, closed and its slot
- * left with the caller. Then destroying the proxy closes what it never took
+ * refuses one: that must be the (@n + 1)th, refused, reset (the agent sees
+ * ECONNRESET, as for any connection over a limit) and its slot left with
+ * the caller. Then destroying the proxy closes what it never took
  * and gives back every slot.
  */
 static void fill_until_refused(struct fix *f, size_t len, int n)
 {
 	int *peers, fd, i;
+	char b;
 
 	need_fds(2 * (rlim_t)n + 64); /* two per queued connection, and spare */
 	peers = calloc((size_t)n + 1, sizeof(*peers));
 	assert_non_null(peers);
 	for (i = 0; i < n; i++)
-		assert_int_equal(hand(f, 1, len, &fd, &peers[i]), 0);
+		assert_int_equal(hand(f, 1, len, 0, &fd, &peers[i]), 0);
 	assert_int_equal(f->slots, n);
-	assert_int_equal(hand(f, 1, len, &fd, &peers[n]), -EAGAIN);
+	assert_int_equal(hand(f, 1, len, 1, &fd, &peers[n]), -EAGAIN);
 	assert_false(fd_open(fd));
+	assert_int_equal(recv(peers[n], &b, 1, 0), -1);
+	assert_int_equal(errno, ECONNRESET);
 	assert_int_equal(f->slots, n);
 	egd_intercept_destroy(f->ic);
 	f->ic = NULL;
@@ -164,7 +194,7 @@ static void test_served_connection_holds_its_slot(void **state)
 	struct fix *f = *state;
 	int fd, peer;
 
-	assert_int_equal(hand(f, 0, 1, &fd, &peer), 0);
+	assert_int_equal(hand(f, 0, 1, 0, &fd, &peer), 0);
 	assert_true(fd_open(fd));
 	assert_int_equal(f->slots, 1);
 	egd_intercept_destroy(f->ic);
@@ -207,7 +237,7 @@ static void test_unknown_worker_refused(void **state)
 	struct fix *f = *state;
 	int fd, peer;
 
-	assert_int_equal(hand(f, 2, 1, &fd, &peer), -EINVAL);
+	assert_int_equal(hand(f, 2, 1, 0, &fd, &peer), -EINVAL);
 	assert_false(fd_open(fd));
 	assert_int_equal(f->slots, 0);
 	close(peer);

@@ -60,6 +60,8 @@ static char g_ca_file[128], g_data_dir[128], g_record[128];
 static char g_base_url[64], g_resolve[96];
 static pid_t g_fake = -1;
 static struct egd_ca *g_ca;
+/* The proxy's plain listener: 127.0.0.1, any port. */
+static struct egd_addr any_port = { .family = EGD_AF_INET };
 
 static const char *env_get(void *ctx, const char *name)
 {
@@ -323,7 +325,8 @@ static struct t *t_new(struct env env)
 	t->proxy = egd_proxy_new(t->loop, t->sh, g_ca, err, sizeof(err));
 	if (!t->proxy)
 		fail_msg("egd_proxy_new: %s", err);
-	t->port = egd_proxy_listen(t->proxy, "127.0.0.1:0");
+	any_port.addr[0] = htonl(INADDR_LOOPBACK);
+	t->port = egd_proxy_listen(t->proxy, &any_port);
 	assert_true(t->port > 0);
 	t->tls_listen.fd = listen_any(&t->tls_port);
 	assert_true(t->tls_listen.fd >= 0);

@@ -4,6 +4,7 @@
 
 #include "core/config.h"
 #include "core/log.h"
+#include "proxy/proxy_config.h" /* the proxy's string defaults */
 
 #include <arpa/inet.h>
 #include <ctype.h>
@@ -45,7 +46,7 @@ static const struct opt opts[] = {
 	  "present = verification phase" },
 	{ "phase", "EGRESSD_PHASE", "sentinel", OPT_PHASE, 0, 0, 0,
 	  "sentinel (follow the file), or a fixed agent|verification" },
-	{ "upstream-base-url", "UPSTREAM_BASE_URL", "https://openrouter.ai", OPT_URL_HOSTLIST,
+	{ "upstream-base-url", "UPSTREAM_BASE_URL", EGD_UPSTREAM_BASE_URL_DEFAULT, OPT_URL_HOSTLIST,
 	  OFF(policy.intercept), 0, 0, "the LLM gateway; its host is intercepted by default" },
 	{ "intercept-hosts", "EGRESSD_INTERCEPT_HOSTS", NULL, OPT_HOSTLIST, OFF(policy.intercept), 0,
 	  0, "hosts handed to the policy proxy (default: host of UPSTREAM_BASE_URL)" },
@@ -115,19 +116,19 @@ static const struct opt opts[] = {
 	  "how long a workspace privacy answer is trusted" },
 	{ "upstream-timeout-s", "UPSTREAM_TIMEOUT_S", "300", OPT_PROXY, 0, 0, 0,
 	  "idle time on an upstream request before 504" },
-	{ "evaluation-run-id", "EVALUATION_RUN_ID", "unknown-eval-run", OPT_PROXY, 0, 0, 0,
-	  "recorded in the usage files" },
-	{ "proxy-data-dir", "PROXY_DATA_DIR", "/proxy-data", OPT_PROXY, 0, 0, 0,
+	{ "evaluation-run-id", "EVALUATION_RUN_ID", EGD_EVALUATION_RUN_ID_DEFAULT, OPT_PROXY, 0,
+	  0, 0, "recorded in the usage files" },
+	{ "proxy-data-dir", "PROXY_DATA_DIR", EGD_PROXY_DATA_DIR_DEFAULT, OPT_PROXY, 0, 0, 0,
 	  "proxy_usage.json and proxy_inferences.jsonl" },
 	{ "upstream-ca-file", "UPSTREAM_CA_FILE", "", OPT_PROXY, 0, 0, 0,
 	  "extra CA for the upstream (default: the system store)" },
 	{ "upstream-resolve", "UPSTREAM_RESOLVE", "", OPT_PROXY, 0, 0, 0,
 	  "host:port:addr, as curl --resolve" },
-	{ "proxy-http-listen", "EGRESSD_PROXY_HTTP_LISTEN", "127.0.0.1:8080", OPT_PROXY, 0, 0, 0,
-	  "plain-HTTP listener of the proxy; \"off\" disables (the default under exec)" },
-	{ "ca-dir", "EGRESSD_CA_DIR", "/var/run/egressd/ca", OPT_PROXY, 0, 0, 0,
+	{ "proxy-http-listen", "EGRESSD_PROXY_HTTP_LISTEN", EGD_PROXY_HTTP_LISTEN_DEFAULT,
+	  OPT_PROXY, 0, 0, 0, "plain-HTTP listener of the proxy; \"off\" disables (the default under exec)" },
+	{ "ca-dir", "EGRESSD_CA_DIR", EGD_CA_DIR_DEFAULT, OPT_PROXY, 0, 0, 0,
 	  "ca.crt and ca-bundle.crt are written here for the agent" },
-	{ "ca-key-dir", "EGRESSD_CA_KEY_DIR", "/var/lib/egressd", OPT_PROXY, 0, 0, 0,
+	{ "ca-key-dir", "EGRESSD_CA_KEY_DIR", EGD_CA_KEY_DIR_DEFAULT, OPT_PROXY, 0, 0, 0,
 	  "the CA key (0600); never mounted by the agent" },
 };
 #define N_OPTS (sizeof(opts) / sizeof(opts[0]))
@@ -172,9 +173,12 @@ int egd_parse_hostport(const char *s, struct egd_addr *out)
 		out->family = EGD_AF_INET;
 		out->addr[0] = htonl(INADDR_LOOPBACK);
 	}
+	/* Digits only: strtoul() alone would take " 80", "+80" and "-0". */
+	if (!isdigit((unsigned char)port_s[0]))
+		return -EINVAL;
 	errno = 0;
 	port = strtoul(port_s, &end, 10);
-	if (errno || !*port_s || *end || port == 0 || port > 65535)
+	if (errno || *end || port == 0 || port > 65535)
 		return -EINVAL;
 	out->port = htons((uint16_t)port);
 	return 0;

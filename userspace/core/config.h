@@ -73,14 +73,15 @@ const char *egd_config_source(const char *env);
 const char *egd_config_flag(const char *env);
 
 /* The default the settings table shows for @env, or NULL (none, or not a
- * setting). For the proxy's settings the proxy's loader holds the real
- * default; a unit test keeps the two equal. */
+ * setting). For the proxy's number settings the proxy's loader holds the
+ * real default as a number; a unit test keeps the two equal. */
 const char *egd_config_default(const char *env);
 
 /* Print the settings table (flag, variable, default, meaning). */
 void egd_config_usage(FILE *out);
 
-/* Parse "ADDR:PORT", "[V6]:PORT" or "PORT" (127.0.0.1). 0 or -EINVAL. */
+/* Parse "ADDR:PORT", "[V6]:PORT" or "PORT" (127.0.0.1), with a literal
+ * address and a port of digits from 1 to 65535. 0 or -EINVAL. */
 int egd_parse_hostport(const char *s, struct egd_addr *out);
 
 /* Parse UPSTREAM_BASE_URL ("http(s)://host[:port]", no path). 0 or -EINVAL. */

@@ -13,6 +13,7 @@
  * half-idle ones contending for the ledger (bench/README.md).
  */
 #include "egress/intercept.h"
+#include "core/config.h"
 #include "core/log.h"
 #include "core/slots.h"
 #include "proxy/ca.h"
@@ -145,15 +146,22 @@ static int start_listener(struct egd_intercept *ic)
 {
 	/* Flag, else environment, as every proxy setting. */
 	const char *addr = egd_proxy_getenv(NULL, "EGRESSD_PROXY_HTTP_LISTEN");
+	struct egd_addr a;
 	int port;
 
 	if (!addr || !*addr)
 		addr = EGD_PROXY_HTTP_LISTEN_DEFAULT;
 	if (strcmp(addr, "off") == 0)
 		return 0;
+	/* Checked with the settings at start; this only turns it into an
+	 * address. */
+	if (egd_parse_hostport(addr, &a)) {
+		egd_err("EGRESSD_PROXY_HTTP_LISTEN=%s: not ADDR:PORT", addr);
+		return -EINVAL;
+	}
 	/* Its connections are few (agents given an explicit base URL):
 	 * worker 0's proxy serves them all. */
-	port = egd_proxy_listen(ic->proxies[0], addr);
+	port = egd_proxy_listen(ic->proxies[0], &a);
 	if (port < 0) {
 		egd_err("EGRESSD_PROXY_HTTP_LISTEN=%s: %s%s", addr, strerror(-port),
 			port == -EADDRINUSE ? " (set EGRESSD_PROXY_HTTP_LISTEN, or off)" : "");
@@ -289,7 +297,7 @@ int egd_intercept_handoff(struct egd_intercept *ic, unsigned int worker, int fd,
 	}
 	pthread_mutex_unlock(&in->mu);
 	if (err) {
-		close(fd);
+		egd_close_reset(fd); /* refused, as any connection over a limit */
 		free(h);
 		return err;
 	}

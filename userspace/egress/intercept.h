@@ -37,10 +37,10 @@ void egd_intercept_destroy(struct egd_intercept *ic);
 
 /*
  * From @worker's thread, give a proxy (@worker's own, or one @worker queues
- * to) the accepted connection
- * @fd (already out of the caller's epoll set), its @proto (TLS or HTTP), the
- * SNI or Host @host ("" for none) and the @prefix bytes already read from
- * it. Takes @fd in every case (closed on error). The connection's unit of
+ * to) the accepted connection @fd (already out of the caller's epoll set),
+ * its @proto (TLS or HTTP), the SNI or Host @host ("" for none) and the
+ * @prefix bytes already read from it. Takes @fd in every case: closed on
+ * error, reset when the queue is full (-EAGAIN). The connection's unit of
  * egd_intercept_new()'s *@slots (the caller took it at accept) moves with it
  * on success, and the proxy gives it back when the connection ends; on
  * error it stays with the caller.

@@ -7,6 +7,7 @@
  */
 #include "proxy/budget.h"
 #include "proxy/jsonw.h"
+#include "proxy/proxy_config.h"
 #include "core/fsutil.h"
 #include "core/log.h"
 
@@ -150,7 +151,7 @@ char *egd_ledger_usage_text(const struct egd_ledger *l, const char *run_id)
 	}
 	egd_jw_init(&w, digits);
 	egd_jw_raw(&w, "{\"evaluation_run_id\":", 21);
-	egd_jw_str(&w, run_id ? run_id : "unknown-eval-run");
+	egd_jw_str(&w, run_id ? run_id : EGD_EVALUATION_RUN_ID_DEFAULT);
 	egd_jw_raw(&w, ",\"total_cost_usd\":", 18);
 	egd_jw_real(&w, l->spent_usd);
 	egd_jw_raw(&w, ",\"max_cost_usd\":", 16);
@@ -186,8 +187,8 @@ char *egd_ledger_usage_text(const struct egd_ledger *l, const char *run_id)
 json_t *egd_ledger_usage_json(const struct egd_ledger *l, const char *run_id)
 {
 	return json_pack("{s:s, s:f, s:f, s:f, s:I, s:I, s:I, s:O}", "evaluation_run_id",
-			 run_id ? run_id : "unknown-eval-run", "total_cost_usd", l->spent_usd,
-			 "max_cost_usd", l->cap_usd, "budget_remaining_usd",
+			 run_id ? run_id : EGD_EVALUATION_RUN_ID_DEFAULT, "total_cost_usd",
+			 l->spent_usd, "max_cost_usd", l->cap_usd, "budget_remaining_usd",
 			 egd_ledger_remaining(l), "requests", (json_int_t)l->requests,
 			 "prompt_tokens", (json_int_t)l->prompt_tokens, "completion_tokens",
 			 (json_int_t)l->completion_tokens, "models", l->models);
@@ -291,7 +292,7 @@ struct egd_budget *egd_budget_new(double cap_usd, double reserve_usd, const char
 		return NULL;
 	if (egd_ledger_init(&b->l, cap_usd, reserve_usd))
 		goto err_free;
-	b->run_id = strdup(run_id ? run_id : "unknown-eval-run");
+	b->run_id = strdup(run_id ? run_id : EGD_EVALUATION_RUN_ID_DEFAULT);
 	if (!b->run_id)
 		goto err_fini;
 	if (data_dir) {

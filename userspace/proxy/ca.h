@@ -17,10 +17,7 @@
 #include <openssl/ssl.h>
 #include <openssl/x509.h>
 
-/* Where the key lives (with a copy of the certificate, to reload both). */
-#define EGD_CA_KEY_DIR_DEFAULT "/var/lib/egressd"
-/* Where ca.crt and ca-bundle.crt are published for the agent. */
-#define EGD_CA_DIR_DEFAULT "/var/run/egressd/ca"
+#include "proxy/proxy_config.h" /* EGD_CA_KEY_DIR_DEFAULT, EGD_CA_DIR_DEFAULT */
 /* The system roots the bundle starts from (Debian's layout). */
 #define EGD_CA_SYSTEM_BUNDLE "/etc/ssl/certs/ca-certificates.crt"
 

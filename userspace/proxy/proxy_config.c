@@ -7,7 +7,6 @@
 #include "proxy/proxy_config.h"
 #include "core/config.h"
 
-#include <arpa/inet.h>
 #include <ctype.h>
 #include <errno.h>
 #include <fcntl.h>
@@ -242,58 +241,15 @@ static int load_secret(egd_getenv_fn fn, void *ctx, const char *name, char **out
 	return ret;
 }
 
-/* "off" or ADDR:PORT with a literal IPv4 or [IPv6] address, as the
- * listener takes it, so a typo stops the daemon before anything starts. */
-int egd_proxy_parse_listen(const char *addr, struct sockaddr_storage *ss, socklen_t *len)
-{
-	struct sockaddr_in *in4 = (struct sockaddr_in *)ss;
-	struct sockaddr_in6 *in6 = (struct sockaddr_in6 *)ss;
-	const char *colon = strrchr(addr, ':');
-	char host[INET6_ADDRSTRLEN + 2];
-	size_t hl;
-	char *end;
-	long port;
-
-	if (!colon)
-		return -EINVAL;
-	errno = 0;
-	port = strtol(colon + 1, &end, 10);
-	if (errno || end == colon + 1 || *end || port < 0 || port > 65535)
-		return -EINVAL;
-	hl = (size_t)(colon - addr);
-	if (hl >= 2 && addr[0] == '[' && addr[hl - 1] == ']') {
-		addr++;
-		hl -= 2;
-	}
-	if (hl >= sizeof(host))
-		return -EINVAL;
-	memcpy(host, addr, hl);
-	host[hl] = '\0';
-	memset(ss, 0, sizeof(*ss));
-	if (inet_pton(AF_INET, host, &in4->sin_addr) == 1) {
-		in4->sin_family = AF_INET;
-		in4->sin_port = htons((unsigned short)port);
-		*len = sizeof(*in4);
-		return 0;
-	}
-	if (inet_pton(AF_INET6, host, &in6->sin6_addr) == 1) {
-		in6->sin6_family = AF_INET6;
-		in6->sin6_port = htons((unsigned short)port);
-		*len = sizeof(*in6);
-		return 0;
-	}
-	return -EINVAL;
-}
-
 static int check_listen(egd_getenv_fn fn, const char *v, char *err, size_t errlen)
 {
-	struct sockaddr_storage ss;
-	socklen_t len;
+	struct egd_addr a;
 
-	if (!v || strcmp(v, "off") == 0 || egd_proxy_parse_listen(v, &ss, &len) == 0)
+	/* The parser of every other listen setting, so the forms are the same. */
+	if (!v || strcmp(v, "off") == 0 || egd_parse_hostport(v, &a) == 0)
 		return 0;
 	return bad_value(err, errlen, fn, "EGRESSD_PROXY_HTTP_LISTEN", v,
-			 "expected ADDR:PORT (IPv4 or [IPv6] address) or off");
+			 "expected ADDR:PORT (IPv4 or [IPv6] address), PORT, or off");
 }
 
 int egd_proxy_config_load(struct egd_proxy_config *cfg, egd_getenv_fn fn, void *ctx, char *err,
@@ -361,11 +317,11 @@ int egd_proxy_config_load(struct egd_proxy_config *cfg, egd_getenv_fn fn, void *
 	cfg->upstream_timeout_s = (unsigned int)n;
 
 	v = get(fn, ctx, "EVALUATION_RUN_ID");
-	ret = dup_opt(v ? v : "unknown-eval-run", &cfg->evaluation_run_id);
+	ret = dup_opt(v ? v : EGD_EVALUATION_RUN_ID_DEFAULT, &cfg->evaluation_run_id);
 	v = get(fn, ctx, "PROXY_DATA_DIR");
-	ret = ret ? ret : dup_opt(v ? v : "/proxy-data", &cfg->data_dir);
+	ret = ret ? ret : dup_opt(v ? v : EGD_PROXY_DATA_DIR_DEFAULT, &cfg->data_dir);
 	v = get(fn, ctx, "UPSTREAM_BASE_URL");
-	ret = ret ? ret : dup_opt(v ? v : "https://openrouter.ai", &cfg->upstream_base_url);
+	ret = ret ? ret : dup_opt(v ? v : EGD_UPSTREAM_BASE_URL_DEFAULT, &cfg->upstream_base_url);
 	ret = ret ? ret : dup_opt(get(fn, ctx, "OPENROUTER_WORKSPACE_ID"), &cfg->workspace_id);
 	ret = ret ? ret : dup_opt(get(fn, ctx, "UPSTREAM_CA_FILE"), &cfg->upstream_ca_file);
 	ret = ret ? ret : dup_opt(get(fn, ctx, "UPSTREAM_RESOLVE"), &cfg->upstream_resolve);

@@ -11,7 +11,18 @@
 #define EGD_PROXY_CONFIG_H
 
 #include <stddef.h>
-#include <sys/socket.h>
+
+/* The defaults of the proxy's string settings, for the loader, the CA and
+ * the listener, and for the settings table `egressd help` prints. */
+#define EGD_UPSTREAM_BASE_URL_DEFAULT "https://openrouter.ai"
+#define EGD_EVALUATION_RUN_ID_DEFAULT "unknown-eval-run"
+#define EGD_PROXY_DATA_DIR_DEFAULT "/proxy-data"
+/* EGRESSD_PROXY_HTTP_LISTEN, as the reference sidecar listens. */
+#define EGD_PROXY_HTTP_LISTEN_DEFAULT "127.0.0.1:8080"
+/* Where the CA key lives (with a copy of the certificate, to reload both). */
+#define EGD_CA_KEY_DIR_DEFAULT "/var/lib/egressd"
+/* Where ca.crt and ca-bundle.crt are published for the agent. */
+#define EGD_CA_DIR_DEFAULT "/var/run/egressd/ca"
 
 /* Default UPSTREAM_TIMEOUT_S: long completions with reasoning take minutes. */
 #define EGD_UPSTREAM_DEFAULT_TIMEOUT_S 300
@@ -58,11 +69,6 @@ struct egd_proxy_config {
 /* The process's settings, for egd_proxy_config_load(): the flags given to
  * egd_config_load() first, then the environment (egd_config_get()). */
 const char *egd_proxy_getenv(void *ctx, const char *name);
-
-/* EGRESSD_PROXY_HTTP_LISTEN's form, "ADDR:PORT" with an IPv4 or [IPv6]
- * address and a port 0-65535 (0: any), into *@ss and *@len. 0 or -EINVAL;
- * "off" is the caller's to handle. */
-int egd_proxy_parse_listen(const char *addr, struct sockaddr_storage *ss, socklen_t *len);
 
 /*
  * Fill @cfg from @get. Returns 0, or -EINVAL with a message naming the

@@ -32,6 +32,7 @@
 #include "core/grow.h"
 #include "core/log.h"
 #include "core/slots.h"
+#include "datapath/origdst.h"
 #include "proxy/http1.h"
 #include "proxy/policy.h"
 #include "proxy/sockbio.h"
@@ -1003,12 +1004,6 @@ static void conn_handshake(struct pconn *c)
 			c->handshaking = 0;
 			c->ssl_want_write = 0;
 			conn_arm_idle(c);
-			/* The read that took the client's Finished may have taken
-			 * its request too (read-ahead): no epoll event will come
-			 * for it, and egd_proxy_serve_tls() does not read after
-			 * a handshake that completes there. */
-			if (SSL_has_pending(c->ssl))
-				conn_defer_read(c);
 			return;
 		}
 		e = SSL_get_error(c->ssl, e);
@@ -1221,6 +1216,12 @@ int egd_proxy_serve_tls(struct egd_proxy *p, int fd, const char *sni, const uint
 	}
 	c->holds_slot = p->slots != NULL;
 	conn_handshake(c);
+	/* A handshake that completes here (the client's Finished came while
+	 * its flight was written) may have read the client's request too
+	 * (read-ahead): no epoll event will come for it, so read it on the
+	 * loop's next pass. conn_cb() reads after the handshakes it runs. */
+	if (!c->dead && !c->handshaking && SSL_has_pending(c->ssl))
+		conn_defer_read(c);
 	return 0;
 
 err_bio:
@@ -1255,16 +1256,13 @@ static void listener_cb(struct egd_watch *w, uint32_t events)
 	}
 }
 
-int egd_proxy_listen(struct egd_proxy *p, const char *addr)
+int egd_proxy_listen(struct egd_proxy *p, const struct egd_addr *addr)
 {
 	struct sockaddr_storage ss;
 	struct listener *l;
-	socklen_t len;
+	socklen_t len = egd_addr_to_sockaddr(addr, &ss);
 	int fd, one = 1, err;
 
-	err = egd_proxy_parse_listen(addr, &ss, &len);
-	if (err)
-		return err;
 	fd = socket(ss.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
 	if (fd < 0)
 		return -errno;

@@ -23,13 +23,12 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "egressd.h"
 #include "core/loop.h"
 #include "proxy/budget.h"
 #include "proxy/ca.h"
 #include "proxy/proxy_config.h"
 
-/* EGRESSD_PROXY_HTTP_LISTEN default, as the reference sidecar listens. */
-#define EGD_PROXY_HTTP_LISTEN_DEFAULT "127.0.0.1:8080"
 /* A keep-alive connection with no request in progress is closed after
  * this long; so is a connection that does not finish its TLS handshake. */
 #define EGD_PROXY_IDLE_TIMEOUT_MS (120 * 1000)
@@ -67,9 +66,9 @@ struct egd_proxy *egd_proxy_new(struct egd_loop *loop, struct egd_proxy_shared *
  * released. The loop must not be running it at the time. */
 void egd_proxy_destroy(struct egd_proxy *p);
 
-/* Listen for plain HTTP on @addr ("127.0.0.1:8080", "[::1]:8080", port 0
- * for any). Returns the bound port (> 0) or -errno. */
-int egd_proxy_listen(struct egd_proxy *p, const char *addr);
+/* Listen for plain HTTP on @addr (port 0: any). Returns the bound port
+ * (> 0) or -errno. */
+int egd_proxy_listen(struct egd_proxy *p, const struct egd_addr *addr);
 
 /*
  * Serve an accepted TLS connection to @sni (NULL when the ClientHello had

@@ -6,6 +6,7 @@
  * forces on chat requests.
  */
 #include "proxy/usage.h"
+#include "proxy/jsonw.h"
 
 #include <errno.h>
 #include <math.h>
@@ -564,11 +565,7 @@ int egd_usage_from_body(const char *body, size_t len, struct egd_usage *u)
 	return 0;
 }
 
-/* Digits that reproduce the typical double exactly, and those that always do. */
-#define REAL_SHORT_DIGITS 15
-#define REAL_EXACT_DIGITS 17
-
-/* 1 when every real in @o survives a round trip through %.15g. */
+/* 1 when every real in @o needs only 15 digits (egd_json_real_digits()). */
 static int reals_short(const json_t *o)
 {
 	const char *key;
@@ -576,12 +573,8 @@ static int reals_short(const json_t *o)
 	size_t i;
 
 	switch (json_typeof(o)) {
-	case JSON_REAL: {
-		char buf[64];
-
-		snprintf(buf, sizeof(buf), "%.*g", REAL_SHORT_DIGITS, json_real_value(o));
-		return strtod(buf, NULL) == json_real_value(o);
-	}
+	case JSON_REAL:
+		return egd_json_real_digits(json_real_value(o)) == 15;
 	case JSON_OBJECT:
 		json_object_foreach((json_t *)o, key, v)
 			if (!reals_short(v))
@@ -599,7 +592,7 @@ static int reals_short(const json_t *o)
 
 char *egd_json_dumps(const json_t *o)
 {
-	int digits = reals_short(o) ? REAL_SHORT_DIGITS : REAL_EXACT_DIGITS;
+	int digits = reals_short(o) ? 15 : 17;
 
 	return json_dumps(o, JSON_COMPACT | JSON_REAL_PRECISION(digits));
 }
