@@ -23,6 +23,9 @@
 #define EGD_EXEMPT_MAX_ENTRIES 64
 #define EGD_RESOLVERS_MAX_ENTRIES 16
 #define EGD_SOCKHASH_MAX_ENTRIES 65536
+/* Addresses the policy DNS answered for intercept hosts: a few per host and
+ * TTL window; LRU, so an agent asking for many cannot fill it for good. */
+#define EGD_ICADDR_MAX_ENTRIES 4096
 
 /* AF_INET/AF_INET6 as the kernel spells them; BPF has no libc headers. */
 #define EGD_AF_INET 2
@@ -59,6 +62,26 @@ struct egd_tuple {
 	struct egd_addr dst;
 };
 _Static_assert(sizeof(struct egd_tuple) == 40, "egd_tuple layout");
+
+/* An address alone (no port), as in the intercept-address map's key. */
+struct egd_ip {
+	__u16 family;
+	__u16 pad;
+	__be32 addr[4];
+};
+_Static_assert(sizeof(struct egd_ip) == 20, "egd_ip layout");
+
+/*
+ * The intercept-address map (LRU hash, egd_ip -> egd_icaddr): every address
+ * the policy DNS answered for an intercept host, until its TTL runs out.
+ * Written by the daemon; read by the kernel (verification-phase redirect,
+ * QUIC refusal) and by the daemon's own decision for flows to those
+ * addresses. expires_ns is CLOCK_MONOTONIC, the clock of bpf_ktime_get_ns().
+ */
+struct egd_icaddr {
+	__u64 expires_ns;
+};
+_Static_assert(sizeof(struct egd_icaddr) == 8, "egd_icaddr layout");
 
 /* Written by `egressd attach`, read by the programs and by `egressd run`. */
 struct egd_config {
