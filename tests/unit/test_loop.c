@@ -3,13 +3,17 @@
  * The event loop's end-of-turn hooks: several per loop, removable, run
  * after a turn's events; egd_loop_poll_again() lets events that arrive
  * during a turn be handled before the hooks; a loop stopped mid-turn still
- * runs them once.
+ * runs them once. And the lifetime rule: once a callback removes a watch,
+ * nothing more of the current batch is dispatched to it, so its owner may
+ * be freed at once (the crash of an agent closing with a request in flight,
+ * whose upstream connection was freed while its event was still pending).
  */
 #include <errno.h>
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <stdlib.h>
 #include <sys/epoll.h>
 #include <sys/eventfd.h>
 #include <unistd.h>
@@ -168,6 +172,107 @@ static void test_stop_mid_turn_still_runs_hooks(void **state)
 	assert_int_equal(f.other_calls, 1);
 }
 
+/* Two owners whose events come in one batch; whichever is handled first
+ * tears the other down, as a client connection does with its upstream. */
+struct owner {
+	struct egd_watch w;
+	struct owner *peer;
+};
+
+static int batch_handled;
+static struct owner *survivor; /* the owner whose event was handled */
+
+static void owner_must_not_run(struct egd_watch *w, uint32_t events)
+{
+	(void)w;
+	(void)events;
+	fail_msg("an event was dispatched to a watch removed earlier in its batch");
+}
+
+static void owner_close(struct owner *o, int and_free)
+{
+	egd_loop_del(f.loop, &o->w);
+	close(o->w.fd);
+	o->w.fd = -1;
+	if (and_free)
+		free(o);
+	else
+		o->w.cb = owner_must_not_run;
+}
+
+/* Handled first: removes the peer's watch. @and_free: frees the peer too. */
+static void owner_handle(struct egd_watch *w, int and_free)
+{
+	struct owner *o = (struct owner *)w;
+
+	batch_handled++;
+	drain(w->fd);
+	survivor = o;
+	owner_close(o->peer, and_free);
+	if (and_free)
+		o->peer = NULL;
+	egd_loop_stop(f.loop);
+}
+
+static void owner_cb_keep(struct egd_watch *w, uint32_t events)
+{
+	(void)events;
+	owner_handle(w, 0);
+}
+
+static void owner_cb_free(struct egd_watch *w, uint32_t events)
+{
+	(void)events;
+	owner_handle(w, 1);
+}
+
+static void owner_pair(egd_watch_cb cb)
+{
+	struct owner *a = calloc(1, sizeof(*a)), *b = calloc(1, sizeof(*b));
+
+	assert_non_null(a);
+	assert_non_null(b);
+	a->peer = b;
+	b->peer = a;
+	a->w.fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+	b->w.fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+	a->w.cb = b->w.cb = cb;
+	assert_int_equal(egd_loop_add(f.loop, &a->w, EPOLLIN), 0);
+	assert_int_equal(egd_loop_add(f.loop, &b->w, EPOLLIN), 0);
+	/* Both ready before the loop looks: one epoll_wait() returns both. */
+	kick(a->w.fd);
+	kick(b->w.fd);
+	batch_handled = 0;
+	survivor = NULL;
+}
+
+/* The removed watch's pending event is dropped: the callback that would
+ * fail the test is never called (before the rule, it was). */
+static void test_del_drops_events_pending_in_the_batch(void **state)
+{
+	(void)state;
+	owner_pair(owner_cb_keep);
+	assert_int_equal(egd_loop_run(f.loop), 0);
+	assert_int_equal(batch_handled, 1);
+	assert_non_null(survivor);
+	free(survivor->peer);
+	owner_close(survivor, 1);
+}
+
+/* The same with the peer really freed, as the upstream client frees its
+ * connection: without the rule ASan reports a use after free here, and a
+ * plain build calls into freed memory. */
+static void test_owner_freed_in_the_same_batch(void **state)
+{
+	(void)state;
+	owner_pair(owner_cb_free);
+	assert_int_equal(egd_loop_run(f.loop), 0);
+	assert_int_equal(batch_handled, 1);
+	assert_non_null(survivor);
+	assert_null(survivor->peer);
+	owner_close(survivor, 1);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -176,6 +281,10 @@ int main(void)
 						teardown),
 		cmocka_unit_test_setup_teardown(test_several_hooks_and_removal, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_stop_mid_turn_still_runs_hooks, setup,
+						teardown),
+		cmocka_unit_test_setup_teardown(test_del_drops_events_pending_in_the_batch, setup,
+						teardown),
+		cmocka_unit_test_setup_teardown(test_owner_freed_in_the_same_batch, setup,
 						teardown),
 	};
 

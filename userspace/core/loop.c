@@ -36,6 +36,10 @@ struct egd_loop {
 	size_t on_turn_len;
 	int poll_again; /* egd_loop_poll_again() during this turn */
 	struct egd_resolver *resolver;
+	/* The batch being dispatched: egd_loop_del() clears the events it
+	 * still holds for the watch it removes (see there). */
+	struct epoll_event *batch;
+	int batch_len;
 };
 
 static void run_defers(struct egd_loop *loop);
@@ -93,10 +97,23 @@ int egd_loop_mod(struct egd_loop *loop, struct egd_watch *w, uint32_t events)
 	return epoll_ctl(loop->epfd, EPOLL_CTL_MOD, w->fd, &ev) ? -errno : 0;
 }
 
+/*
+ * One epoll_wait() batch can hold events for several watches, and handling
+ * one (a client leaving mid-request) can free another (its upstream
+ * connection) whose event comes later in the same batch. Removing a watch
+ * therefore also forgets the events the batch still holds for it, so an
+ * owner may free itself, or another, as soon as its watches are removed:
+ * the loop never dispatches to a removed watch. libuv does the same when it
+ * stops an fd (uv__platform_invalidate_fd). At most LOOP_EVENTS_PER_WAIT
+ * entries are looked at, and only while a batch is being dispatched.
+ */
 void egd_loop_del(struct egd_loop *loop, struct egd_watch *w)
 {
 	if (w->fd >= 0)
 		epoll_ctl(loop->epfd, EPOLL_CTL_DEL, w->fd, NULL);
+	for (int i = 0; i < loop->batch_len; i++)
+		if (loop->batch[i].data.ptr == w)
+			loop->batch[i].data.ptr = NULL;
 }
 
 /* --- deadline heap (min-heap on at_ms) ------------------------------------ */
@@ -278,11 +295,15 @@ int egd_loop_run(struct egd_loop *loop)
 			egd_err("epoll_wait: %s", strerror(errno));
 			return -errno;
 		}
+		loop->batch = evs;
+		loop->batch_len = n;
 		for (int i = 0; i < n; i++) {
 			struct egd_watch *w = evs[i].data.ptr;
 
-			w->cb(w, evs[i].events);
+			if (w) /* NULL: removed by an earlier event of this batch */
+				w->cb(w, evs[i].events);
 		}
+		loop->batch_len = 0;
 		run_defers(loop);
 		run_timers(loop);
 		if (loop->poll_again && n > 0 && polls < LOOP_POLL_AGAIN_MAX) {

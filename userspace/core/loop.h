@@ -2,8 +2,10 @@
 /*
  * The event loop: epoll for readiness, a binary heap for deadlines. It knows
  * nothing about policy. Each watched fd is an egd_watch embedded in its
- * owner; each deadline an egd_timer. Callbacks may free their owner, as long
- * as they remove its watches and timers first.
+ * owner; each deadline an egd_timer. A callback may free its owner, or any
+ * other owner, as soon as that owner's watches and timers are removed:
+ * egd_loop_del() also drops the events the current batch still holds for
+ * the watch, so nothing is dispatched to it afterwards.
  */
 #ifndef EGD_LOOP_H
 #define EGD_LOOP_H
@@ -35,6 +37,8 @@ void egd_loop_free(struct egd_loop *loop);
 /* Watch @w->fd for @events (EPOLLIN, EPOLLOUT, EPOLLET, ...). */
 int egd_loop_add(struct egd_loop *loop, struct egd_watch *w, uint32_t events);
 int egd_loop_mod(struct egd_loop *loop, struct egd_watch *w, uint32_t events);
+/* Stop watching @w; its pending events of this turn are dropped too. Call
+ * it before freeing @w's owner, also when @w->fd is already closed (-1). */
 void egd_loop_del(struct egd_loop *loop, struct egd_watch *w);
 
 /* Arm (or re-arm) @t to fire at monotonic @at_ms. */

@@ -256,8 +256,9 @@ static void conn_close(struct uconn *c)
 	if (c->state == C_IDLE)
 		conn_unlink_idle(c);
 	egd_timer_cancel(u->loop, &c->idle_timer);
-	if (c->watch.fd >= 0)
-		egd_loop_del(u->loop, &c->watch);
+	/* Also with no fd: the loop drops this turn's pending events for the
+	 * watch, so freeing @c below is safe mid-batch. */
+	egd_loop_del(u->loop, &c->watch);
 	if (c->closed)
 		*c->closed = 1;
 	/* Closed while resolving: the answer must not find it. */
