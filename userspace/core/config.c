@@ -4,6 +4,7 @@
 
 #include "core/config.h"
 #include "core/log.h"
+#include "datapath/nft.h" /* the list parsers, shared with nft mode */
 #include "proxy/proxy_config.h" /* the proxy's string defaults */
 
 #include <arpa/inet.h>
@@ -14,14 +15,16 @@
 #include <strings.h>
 
 /*
- * OPT_IPLIST and OPT_PROXY have no field in struct egd_config_run: their
- * readers (nft mode, attach under exec, the policy proxy) ask
- * egd_config_get(). OPT_IPLIST is checked here; OPT_PROXY is checked by
+ * OPT_IPLIST, OPT_CIDRLIST, OPT_PORTLIST and OPT_PROXY have no field in
+ * struct egd_config_run: their readers (nft mode, attach under exec, the
+ * policy proxy) ask egd_config_get(). The lists are checked here (the same
+ * parsers as their readers'); OPT_PROXY is checked by
  * egd_proxy_config_load(), the one parser of the proxy's settings, whose
  * defaults (shown by egressd help) are its own.
  */
 enum opt_type { OPT_PORT, OPT_HOSTPORT, OPT_HOSTPORT_OFF, OPT_PATH, OPT_PHASE, OPT_HOSTLIST,
-		OPT_URL_HOSTLIST, OPT_UINT, OPT_MODE, OPT_LOGLEVEL, OPT_IPLIST, OPT_PROXY };
+		OPT_URL_HOSTLIST, OPT_UINT, OPT_MODE, OPT_LOGLEVEL, OPT_IPLIST, OPT_CIDRLIST,
+		OPT_PORTLIST, OPT_PROXY };
 
 struct opt {
 	const char *flag;
@@ -86,6 +89,12 @@ static const struct opt opts[] = {
 	  "decision lines go here instead of stdout" },
 	{ "resolvers", "EGRESSD_RESOLVERS", "nameservers of /etc/resolv.conf", OPT_IPLIST, 0, 0, 0,
 	  "DNS servers allowed in the agent phase, comma list (nft mode, exec)" },
+	{ "deny-cidrs", "EGRESSD_DENY_CIDRS", "", OPT_CIDRLIST, 0, 0, 0,
+	  "CIDRs the agent never reaches, in both phases, added to the built-in "
+	  "169.254.0.0/16, fe80::/10, fd00:ec2::254/128, 100.100.100.200/32, 0.0.0.0/8, "
+	  "multicast, broadcast" },
+	{ "loopback-allow", "EGRESSD_LOOPBACK_ALLOW", "", OPT_PORTLIST, 0, 0, 0,
+	  "loopback ports the agent may dial in the agent phase, comma list" },
 	/* The embedded policy proxy's settings, under the names of the
 	 * reference proxy's environment (UPSTREAM_BASE_URL is above). The
 	 * flag is the variable in lower case, EGRESSD_ dropped. */
@@ -367,6 +376,16 @@ static int apply(struct egd_config_run *cfg, const struct opt *o, const char *v)
 		struct egd_addr ips[EGD_RESOLVERS_MAX_ENTRIES];
 
 		return egd_parse_ip_list(v, ips, EGD_RESOLVERS_MAX_ENTRIES) < 0 ? -EINVAL : 0;
+	}
+	case OPT_CIDRLIST: {
+		struct egd_nft_cidr c[EGD_NFT_DENY_MAX];
+
+		return egd_nft_parse_cidrs(v, c, EGD_NFT_DENY_MAX) < 0 ? -EINVAL : 0;
+	}
+	case OPT_PORTLIST: {
+		uint16_t p[EGD_NFT_LOOPBACK_ALLOW_MAX];
+
+		return egd_nft_parse_ports(v, p, EGD_NFT_LOOPBACK_ALLOW_MAX) < 0 ? -EINVAL : 0;
 	}
 	case OPT_PROXY:
 		return 0;

@@ -8,28 +8,54 @@
  *
  * What the table looks like (`nft list table inet egressd`):
  *
+ *   chain deny_output    filter hook output, priority mangle (-150), policy
+ *       accept: the daemon and the link's own ICMPv6 (neighbour discovery,
+ *       MLD reports) pass; any other packet to the always-deny sets (deny4,
+ *       deny6: EGD_NFT_DENY_DEFAULT plus EGRESSD_DENY_CIDRS) is refused.
+ *       It runs before NAT, so it judges the address the agent dialled, in
+ *       both phases, before anything else can accept.
  *   chain nat_output     nat hook output, priority dstnat - 1, policy accept:
- *       the daemon returns; DNS (udp/tcp 53) goes to the DNS listener if
- *       there is one; loopback returns; every other TCP is redirected to the
- *       transparent listener (127.0.0.1 or ::1, by family).
- *   chain filter_output  filter hook output, priority filter, policy drop:
- *       established/related, the daemon, redirected flows (ct status dnat);
- *       direct dials to the daemon's ports on loopback are refused; the rest
- *       of loopback; DNS to the resolvers; IPv6 neighbour discovery; TCP
- *       that was not captured is refused; then `meta mark & 0 vmap @phase`.
+ *       the daemon returns; every UDP and TCP packet to port 53, whatever
+ *       its address, goes to the policy DNS listener (conntrack gives the
+ *       replies their original source back); loopback returns; every other
+ *       TCP is redirected to the transparent listener (127.0.0.1 or ::1).
+ *   chain filter_output  filter hook output, priority filter, policy drop.
+ *       There is no blanket "established" accept: every packet of the agent
+ *       is judged by the phase in force when it is sent, so a re-lock stops
+ *       every flow the verification phase let out (UDP, replies on inbound
+ *       flows, loopback) at its next packet. In order: the daemon; flows
+ *       our nat chain redirected (ct status dnat: they keep it for life, in
+ *       both directions); the link's ICMPv6; ICMP errors on loopback (ct
+ *       related); every protocol but TCP and UDP refused; direct dials to
+ *       the daemon's ports refused; loopback flows whose server port is in
+ *       loopback_allow; the rest of loopback by the phase; UDP (QUIC) to an
+ *       intercept address (icaddr4, icaddr6, filled with timeouts by the
+ *       policy DNS) refused; TCP the nat chain did not capture refused (but
+ *       not replies on an inbound flow, which the phase judges); DNS that
+ *       escaped the redirect refused; then `meta mark & 0 vmap @phase`.
  *   map phase            one element, key 0: `jump refuse` in the agent
  *       phase, `accept` in the verification phase.
  *   chain refuse         rate-limited log, then reject: TCP reset, ICMP port
  *       unreachable for UDP, admin-prohibited for the rest, each counted.
  *
+ * In the agent phase, then, nothing of the agent leaves for a non-loopback
+ * address but through the daemon: not a reply on a flow a host outside
+ * opened (the agent listening), not a flow opened before the flip.
+ *
  * Why dstnat - 1: Docker installs its own nat output rules for its embedded
  * resolver (127.0.0.11) at dstnat; running first means the agent's DNS goes
  * to our listener, while the daemon's own DNS is exempt here and still gets
  * Docker's translation.
+ *
+ * Why no conntrack flush on re-lock: a flush would also drop the NAT
+ * bindings of the flows redirected to the daemon (the agent's LLM calls in
+ * flight), and an entry re-created from a mid-stream packet is as good as
+ * the old one to an "established" rule. Judging every packet needs neither.
  */
 #include "datapath/nft.h"
 #include "core/log.h"
 
+#include <arpa/inet.h>
 #include <errno.h>
 #include <netinet/in.h>
 #include <stdbool.h>
@@ -55,10 +81,10 @@
 #include <linux/netfilter/nfnetlink.h>
 
 /* Upper bounds of the model; more is a bug (-E2BIG) or, read back, tampering. */
-#define MODEL_CHAINS_MAX 4
-#define MODEL_SETS_MAX 4
-#define MODEL_OBJS_MAX 4
-#define MODEL_RULES_MAX 48
+#define MODEL_CHAINS_MAX 5
+#define MODEL_SETS_MAX 8
+#define MODEL_OBJS_MAX 8
+#define MODEL_RULES_MAX 64
 
 /* Expressions of one rule as text, for comparing with the kernel's copy. */
 #define RULE_TEXT_MAX_BYTES 2048
@@ -76,7 +102,12 @@
 #define REFUSE_LOG_LEVEL 4 /* warning */
 #define REFUSE_LOG_PREFIX "egressd refused: "
 
-/* nat output runs just before Docker's (and everyone's) dstnat rules. */
+/* The deny chain runs at mangle priority: after conntrack (-200), so that
+ * the reset it sends the agent carries the refused flow's conntrack entry
+ * (ct state related) and passes the loopback rules, and before NAT, so that
+ * it still sees the address the agent dialled. nat output just before
+ * Docker's (and everyone's) dstnat rules. */
+#define DENY_OUTPUT_PRIORITY (-150)
 #define NAT_OUTPUT_PRIORITY (-101)
 #define FILTER_OUTPUT_PRIORITY 0
 
@@ -93,6 +124,12 @@
 #define ICMPV6_NDP_FIRST 133
 #define ICMPV6_NDP_LAST 136
 #define NDP_HOP_LIMIT 255
+/* MLD queries and v1 reports/done (RFC 2710), and v2 reports (RFC 3810):
+ * the kernel announces its solicited-node groups with them, hop limit 1. */
+#define ICMPV6_MLD_FIRST 130
+#define ICMPV6_MLD_LAST 132
+#define ICMPV6_MLD2_REPORT 143
+#define MLD_HOP_LIMIT 1
 
 /* Key types as nft(8) numbers them, so that `nft list` prints the sets. */
 #define NFT_TYPE_IPADDR 7
@@ -100,18 +137,33 @@
 #define NFT_TYPE_INET_SERVICE 13
 #define NFT_TYPE_MARK 19
 
+#define CHAIN_DENY "deny_output"
 #define CHAIN_NAT "nat_output"
 #define CHAIN_FILTER "filter_output"
 #define CHAIN_REFUSE "refuse"
 #define SET_PORTS "daemon_ports"
-#define SET_RESOLVERS4 "resolvers4"
-#define SET_RESOLVERS6 "resolvers6"
+#define SET_LO_ALLOW "loopback_allow"
+#define SET_DENY4 "deny4"
+#define SET_DENY6 "deny6"
+#define SET_ICADDR4 "icaddr4"
+#define SET_ICADDR6 "icaddr6"
 #define MAP_PHASE "phase"
 /* The phase map has one element; its key is this constant. */
 #define PHASE_KEY 0u
 
 /* Set ids tie sets to the rules and elements of the same batch. */
-enum set_id { SETID_PORTS = 1, SETID_RES4, SETID_RES6, SETID_PHASE };
+enum set_id {
+	SETID_PORTS = 1,
+	SETID_LO_ALLOW,
+	SETID_DENY4,
+	SETID_DENY6,
+	SETID_ICADDR4,
+	SETID_ICADDR6,
+	SETID_PHASE
+};
+
+/* CIDRs in one deny set: the built-in ones and the operator's. */
+#define DENY_CIDRS_MAX (EGD_NFT_DENY_MAX + 16)
 
 struct model {
 	struct nftnl_table *table;
@@ -201,8 +253,10 @@ static void chain_new(struct model *m, const char *name, const char *type, uint3
 	m->chains[m->n_chains++] = c;
 }
 
+/* @flags: NFT_SET_MAP makes it a verdict map; NFT_SET_INTERVAL, NFT_SET_TIMEOUT
+ * as the kernel defines them. */
 static struct nftnl_set *set_new(struct model *m, const char *name, uint32_t id, uint32_t key_type,
-				 uint32_t key_len, bool verdict_map)
+				 uint32_t key_len, uint32_t flags)
 {
 	struct nftnl_set *s;
 
@@ -221,28 +275,32 @@ static struct nftnl_set *set_new(struct model *m, const char *name, uint32_t id,
 	nftnl_set_set_u32(s, NFTNL_SET_ID, id);
 	nftnl_set_set_u32(s, NFTNL_SET_KEY_TYPE, key_type);
 	nftnl_set_set_u32(s, NFTNL_SET_KEY_LEN, key_len);
-	if (verdict_map) {
-		nftnl_set_set_u32(s, NFTNL_SET_FLAGS, NFT_SET_MAP);
+	nftnl_set_set_u32(s, NFTNL_SET_FLAGS, flags);
+	if (flags & NFT_SET_MAP) {
 		nftnl_set_set_u32(s, NFTNL_SET_DATA_TYPE, NFT_DATA_VERDICT);
 		nftnl_set_set_u32(s, NFTNL_SET_DATA_LEN, sizeof(uint32_t));
-	} else {
-		nftnl_set_set_u32(s, NFTNL_SET_FLAGS, 0);
 	}
+	/* A bound the kernel enforces: the daemon adding more fails
+	 * (-ENFILE) rather than growing the set without end. */
+	if (flags & NFT_SET_TIMEOUT)
+		nftnl_set_set_u32(s, NFTNL_SET_DESC_SIZE, EGD_NFT_ICADDR_MAX);
 	m->sets[m->n_sets++] = s;
 	return s;
 }
 
 /* One element; @chain != NULL makes it a jump, else @verdict alone. */
-static void set_elem(struct model *m, struct nftnl_set *s, const void *key, uint32_t len,
-		     int verdict, const char *chain)
+static struct nftnl_set_elem *set_elem(struct model *m, struct nftnl_set *s, const void *key,
+				       uint32_t len, int verdict, const char *chain)
 {
 	struct nftnl_set_elem *e;
 
 	if (!s)
-		return;
+		return NULL;
 	e = nftnl_set_elem_alloc();
-	if (!e)
-		return fail(m, -ENOMEM);
+	if (!e) {
+		fail(m, -ENOMEM);
+		return NULL;
+	}
 	nftnl_set_elem_set(e, NFTNL_SET_ELEM_KEY, key, len);
 	if (verdict != NFT_CONTINUE) {
 		nftnl_set_elem_set_u32(e, NFTNL_SET_ELEM_VERDICT, verdict);
@@ -250,6 +308,7 @@ static void set_elem(struct model *m, struct nftnl_set *s, const void *key, uint
 			nftnl_set_elem_set_str(e, NFTNL_SET_ELEM_CHAIN, chain);
 	}
 	nftnl_set_elem_add(s, e);
+	return e;
 }
 
 static void phase_elem(struct model *m, struct nftnl_set *s, enum egd_phase phase)
@@ -508,6 +567,110 @@ static void daemon_exempt(struct model *m, const struct egd_nft_config *cfg, con
 	}
 }
 
+/* reg1 = ct @key (in @dir, or -1 for none). */
+static void load_ct(struct model *m, struct nftnl_rule *r, enum nft_ct_keys key, int dir)
+{
+	struct nftnl_expr *e = expr_add(m, r, "ct");
+
+	if (!e)
+		return;
+	nftnl_expr_set_u32(e, NFTNL_EXPR_CT_KEY, key);
+	nftnl_expr_set_u32(e, NFTNL_EXPR_CT_DREG, NFT_REG_1);
+	if (dir >= 0)
+		nftnl_expr_set_u8(e, NFTNL_EXPR_CT_DIR, (uint8_t)dir);
+}
+
+/* `meta mark & 0 vmap @phase`. The key is a constant, so the phase is one
+ * element that one transaction swaps; it is written as `meta mark & 0`
+ * rather than an immediate 0 because nft(8) prints the former legibly and
+ * can read it back. */
+static void phase_vmap(struct model *m, struct nftnl_rule *r)
+{
+	struct nftnl_expr *e;
+	uint32_t key = PHASE_KEY;
+
+	load_meta(m, r, NFT_META_MARK);
+	e = expr_add(m, r, "bitwise");
+	if (e) {
+		nftnl_expr_set_u32(e, NFTNL_EXPR_BITWISE_SREG, NFT_REG_1);
+		nftnl_expr_set_u32(e, NFTNL_EXPR_BITWISE_DREG, NFT_REG_1);
+		nftnl_expr_set_u32(e, NFTNL_EXPR_BITWISE_LEN, sizeof(key));
+		nftnl_expr_set(e, NFTNL_EXPR_BITWISE_MASK, &key, sizeof(key));
+		nftnl_expr_set(e, NFTNL_EXPR_BITWISE_XOR, &key, sizeof(key));
+	}
+	lookup(m, r, MAP_PHASE, SETID_PHASE, NFT_REG_VERDICT);
+}
+
+/* icmpv6 type @lo..@hi with hop limit @hops: link-scoped by construction
+ * (a router never forwards them), sent by the kernel, carrying no data of
+ * the agent's. */
+static void icmpv6_link(struct model *m, const char *chain, uint8_t lo, uint8_t hi, uint8_t hops)
+{
+	struct nftnl_rule *r = rule_new(m, chain);
+	struct nftnl_expr *e;
+
+	match_nfproto(m, r, NFPROTO_IPV6);
+	match_l4proto(m, r, IPPROTO_ICMPV6);
+	load_payload(m, r, NFT_PAYLOAD_TRANSPORT_HEADER, 0, 1);
+	if (lo == hi) {
+		cmp(m, r, NFT_CMP_EQ, &lo, sizeof(lo));
+	} else {
+		e = expr_add(m, r, "range");
+		if (e) {
+			nftnl_expr_set_u32(e, NFTNL_EXPR_RANGE_SREG, NFT_REG_1);
+			nftnl_expr_set_u32(e, NFTNL_EXPR_RANGE_OP, NFT_RANGE_EQ);
+			nftnl_expr_set(e, NFTNL_EXPR_RANGE_FROM_DATA, &lo, sizeof(lo));
+			nftnl_expr_set(e, NFTNL_EXPR_RANGE_TO_DATA, &hi, sizeof(hi));
+		}
+	}
+	load_payload(m, r, NFT_PAYLOAD_NETWORK_HEADER, 7, 1);
+	cmp(m, r, NFT_CMP_EQ, &hops, sizeof(hops));
+	verdict(m, r, NF_ACCEPT, NULL);
+}
+
+/* What the link needs to work at all: IPv6 neighbour discovery and MLD. */
+static void link_needs(struct model *m, const char *chain)
+{
+	icmpv6_link(m, chain, ICMPV6_NDP_FIRST, ICMPV6_NDP_LAST, NDP_HOP_LIMIT);
+	icmpv6_link(m, chain, ICMPV6_MLD_FIRST, ICMPV6_MLD_LAST, MLD_HOP_LIMIT);
+	icmpv6_link(m, chain, ICMPV6_MLD2_REPORT, ICMPV6_MLD2_REPORT, MLD_HOP_LIMIT);
+}
+
+/* `<family> daddr @set counter name @counter jump refuse`, or without the
+ * counter; @l4proto 0 for any protocol. */
+static void refuse_daddr(struct model *m, const char *chain, uint8_t nfproto, uint8_t l4proto,
+			 const char *set, uint32_t id, const char *counter)
+{
+	struct nftnl_rule *r = rule_new(m, chain);
+
+	match_nfproto(m, r, nfproto);
+	if (l4proto)
+		match_l4proto(m, r, l4proto);
+	if (nfproto == NFPROTO_IPV4)
+		load_payload(m, r, NFT_PAYLOAD_NETWORK_HEADER, 16, 4);
+	else
+		load_payload(m, r, NFT_PAYLOAD_NETWORK_HEADER, 24, 16);
+	lookup(m, r, set, id, -1);
+	if (counter)
+		count(m, r, counter);
+	verdict(m, r, NFT_JUMP, CHAIN_REFUSE);
+}
+
+/* Before everything: the always-deny destinations, in both phases. The
+ * daemon is exempt (its own resolvers may be link-local, as AWS's
+ * 169.254.169.253): what it dials for the agent is the agent's original
+ * destination, which this chain has already judged. */
+static void build_deny(struct model *m, const struct egd_nft_config *cfg)
+{
+	chain_new(m, CHAIN_DENY, "filter", NF_INET_LOCAL_OUT, DENY_OUTPUT_PRIORITY, NF_ACCEPT);
+	daemon_exempt(m, cfg, CHAIN_DENY, NF_ACCEPT);
+	/* ff02::1:ff00:0/104 and ff02::16 are multicast: the link's own
+	 * ICMPv6 must pass before the multicast deny. */
+	link_needs(m, CHAIN_DENY);
+	refuse_daddr(m, CHAIN_DENY, NFPROTO_IPV4, 0, SET_DENY4, SETID_DENY4, EGD_NFT_CNT_DENIED_DST);
+	refuse_daddr(m, CHAIN_DENY, NFPROTO_IPV6, 0, SET_DENY6, SETID_DENY6, EGD_NFT_CNT_DENIED_DST);
+}
+
 static void build_nat(struct model *m, const struct egd_nft_config *cfg)
 {
 	struct nftnl_rule *r;
@@ -515,21 +678,14 @@ static void build_nat(struct model *m, const struct egd_nft_config *cfg)
 	chain_new(m, CHAIN_NAT, "nat", NF_INET_LOCAL_OUT, NAT_OUTPUT_PRIORITY, NF_ACCEPT);
 	daemon_exempt(m, cfg, CHAIN_NAT, NFT_RETURN);
 
-	/* DNS first, so that a loopback resolver (Docker's 127.0.0.11) is
-	 * captured too. Without a DNS listener, TCP 53 must not land on the
-	 * TLS listener: it stays unredirected and filter_output decides. */
-	if (cfg->dns_port) {
-		r = rule_new(m, CHAIN_NAT);
-		match_dport(m, r, IPPROTO_UDP, DNS_PORT);
-		redirect(m, r, cfg->dns_port);
-		r = rule_new(m, CHAIN_NAT);
-		match_dport(m, r, IPPROTO_TCP, DNS_PORT);
-		redirect(m, r, cfg->dns_port);
-	} else {
-		r = rule_new(m, CHAIN_NAT);
-		match_dport(m, r, IPPROTO_TCP, DNS_PORT);
-		verdict(m, r, NFT_RETURN, NULL);
-	}
+	/* DNS first, whatever the address, so that a loopback resolver
+	 * (Docker's 127.0.0.11, systemd's 127.0.0.53) is captured too. */
+	r = rule_new(m, CHAIN_NAT);
+	match_dport(m, r, IPPROTO_UDP, DNS_PORT);
+	redirect(m, r, cfg->dns_port);
+	r = rule_new(m, CHAIN_NAT);
+	match_dport(m, r, IPPROTO_TCP, DNS_PORT);
+	redirect(m, r, cfg->dns_port);
 
 	r = rule_new(m, CHAIN_NAT);
 	match_oif_lo(m, r);
@@ -544,17 +700,10 @@ static void build_filter(struct model *m, const struct egd_nft_config *cfg)
 {
 	static const uint8_t protos[] = { IPPROTO_UDP, IPPROTO_TCP };
 	struct nftnl_rule *r;
-	struct nftnl_expr *e;
-	uint8_t lo, hi;
-	uint32_t key;
+	uint8_t dir;
 	size_t i;
 
 	chain_new(m, CHAIN_FILTER, "filter", NF_INET_LOCAL_OUT, FILTER_OUTPUT_PRIORITY, NF_DROP);
-
-	r = rule_new(m, CHAIN_FILTER);
-	match_ct(m, r, NFT_CT_STATE,
-		 NF_CT_STATE_BIT(IP_CT_ESTABLISHED) | NF_CT_STATE_BIT(IP_CT_RELATED));
-	verdict(m, r, NF_ACCEPT, NULL);
 
 	daemon_exempt(m, cfg, CHAIN_FILTER, NF_ACCEPT);
 
@@ -562,6 +711,25 @@ static void build_filter(struct model *m, const struct egd_nft_config *cfg)
 	r = rule_new(m, CHAIN_FILTER);
 	match_ct(m, r, NFT_CT_STATUS, IPS_DST_NAT);
 	verdict(m, r, NF_ACCEPT, NULL);
+
+	link_needs(m, CHAIN_FILTER);
+
+	/* ICMP errors between local sockets (port unreachable from a closed
+	 * loopback port): they tell a client at once, and stay on the host. */
+	r = rule_new(m, CHAIN_FILTER);
+	match_oif_lo(m, r);
+	match_ct(m, r, NFT_CT_STATE, NF_CT_STATE_BIT(IP_CT_RELATED));
+	verdict(m, r, NF_ACCEPT, NULL);
+
+	/* Only TCP and UDP, in both phases: SCTP, DCCP, UDP-Lite, ICMP echo,
+	 * raw IP protocols. nftables cannot refuse the socket itself; its
+	 * packets go nowhere. */
+	r = rule_new(m, CHAIN_FILTER);
+	for (i = 0; i < sizeof(protos); i++) {
+		load_meta(m, r, NFT_META_L4PROTO);
+		cmp(m, r, NFT_CMP_NEQ, &protos[i], sizeof(protos[i]));
+	}
+	verdict(m, r, NFT_JUMP, CHAIN_REFUSE);
 
 	/* Direct dials to the listeners (not redirected, so no dnat status)
 	 * would skip capture and reach the admin API: refuse them. */
@@ -575,73 +743,49 @@ static void build_filter(struct model *m, const struct egd_nft_config *cfg)
 		verdict(m, r, NFT_JUMP, CHAIN_REFUSE);
 	}
 
-	r = rule_new(m, CHAIN_FILTER);
-	match_oif_lo(m, r);
-	verdict(m, r, NF_ACCEPT, NULL);
-
-	/* DNS straight to a configured resolver (the DNS listener, once it
-	 * exists, catches the agent's DNS in nat_output before this). */
+	/* Loopback flows to an allowed port, both directions: the flow's
+	 * server port is its original destination port. */
 	for (i = 0; i < sizeof(protos); i++) {
 		r = rule_new(m, CHAIN_FILTER);
-		match_nfproto(m, r, NFPROTO_IPV4);
-		match_dport(m, r, protos[i], DNS_PORT);
-		load_payload(m, r, NFT_PAYLOAD_NETWORK_HEADER, 16, 4);
-		lookup(m, r, SET_RESOLVERS4, SETID_RES4, -1);
-		verdict(m, r, NF_ACCEPT, NULL);
-
-		r = rule_new(m, CHAIN_FILTER);
-		match_nfproto(m, r, NFPROTO_IPV6);
-		match_dport(m, r, protos[i], DNS_PORT);
-		load_payload(m, r, NFT_PAYLOAD_NETWORK_HEADER, 24, 16);
-		lookup(m, r, SET_RESOLVERS6, SETID_RES6, -1);
+		match_oif_lo(m, r);
+		match_l4proto(m, r, protos[i]);
+		load_ct(m, r, NFT_CT_PROTO_DST, IP_CT_DIR_ORIGINAL);
+		lookup(m, r, SET_LO_ALLOW, SETID_LO_ALLOW, -1);
 		verdict(m, r, NF_ACCEPT, NULL);
 	}
-	/* DNS anywhere else is refused in both phases: it is a tunnel. */
+	/* The rest of loopback (local proxies, the host's services under
+	 * `exec`-like setups, other sidecars) follows the phase. */
 	r = rule_new(m, CHAIN_FILTER);
-	match_dport(m, r, IPPROTO_UDP, DNS_PORT);
-	verdict(m, r, NFT_JUMP, CHAIN_REFUSE);
+	match_oif_lo(m, r);
+	phase_vmap(m, r);
 
-	/* Neighbour discovery is sent by the kernel, not by the daemon, and
-	 * IPv6 stops working without it. Hop limit 255 keeps it on-link. */
-	r = rule_new(m, CHAIN_FILTER);
-	match_nfproto(m, r, NFPROTO_IPV6);
-	match_l4proto(m, r, IPPROTO_ICMPV6);
-	load_payload(m, r, NFT_PAYLOAD_TRANSPORT_HEADER, 0, 1);
-	e = expr_add(m, r, "range");
-	if (e) {
-		lo = ICMPV6_NDP_FIRST;
-		hi = ICMPV6_NDP_LAST;
-		nftnl_expr_set_u32(e, NFTNL_EXPR_RANGE_SREG, NFT_REG_1);
-		nftnl_expr_set_u32(e, NFTNL_EXPR_RANGE_OP, NFT_RANGE_EQ);
-		nftnl_expr_set(e, NFTNL_EXPR_RANGE_FROM_DATA, &lo, sizeof(lo));
-		nftnl_expr_set(e, NFTNL_EXPR_RANGE_TO_DATA, &hi, sizeof(hi));
-	}
-	load_payload(m, r, NFT_PAYLOAD_NETWORK_HEADER, 7, 1);
-	hi = NDP_HOP_LIMIT;
-	cmp(m, r, NFT_CMP_EQ, &hi, sizeof(hi));
-	verdict(m, r, NF_ACCEPT, NULL);
+	/* QUIC to an address the policy DNS gave for an intercept host would
+	 * go around the policy proxy: refused, so clients fall back to TCP. */
+	refuse_daddr(m, CHAIN_FILTER, NFPROTO_IPV4, IPPROTO_UDP, SET_ICADDR4, SETID_ICADDR4, NULL);
+	refuse_daddr(m, CHAIN_FILTER, NFPROTO_IPV6, IPPROTO_UDP, SET_ICADDR6, SETID_ICADDR6, NULL);
 
-	/* TCP is captured or refused, whatever the phase. */
+	/* TCP the agent opens is captured or refused, whatever the phase
+	 * (one not redirected was opened before the table, or is a
+	 * mid-stream packet). Replies on a flow a host outside opened follow
+	 * the phase below: never in the agent phase. */
 	r = rule_new(m, CHAIN_FILTER);
 	match_l4proto(m, r, IPPROTO_TCP);
+	load_ct(m, r, NFT_CT_DIRECTION, -1);
+	dir = IP_CT_DIR_ORIGINAL;
+	cmp(m, r, NFT_CMP_EQ, &dir, sizeof(dir));
 	verdict(m, r, NFT_JUMP, CHAIN_REFUSE);
 
-	/* Everything else follows the phase. The key is a constant, so the
-	 * phase is one element that one transaction swaps; it is written as
-	 * `meta mark & 0` rather than an immediate 0 because nft(8) prints the
-	 * former legibly and can read it back. */
-	r = rule_new(m, CHAIN_FILTER);
-	load_meta(m, r, NFT_META_MARK);
-	e = expr_add(m, r, "bitwise");
-	if (e) {
-		key = PHASE_KEY;
-		nftnl_expr_set_u32(e, NFTNL_EXPR_BITWISE_SREG, NFT_REG_1);
-		nftnl_expr_set_u32(e, NFTNL_EXPR_BITWISE_DREG, NFT_REG_1);
-		nftnl_expr_set_u32(e, NFTNL_EXPR_BITWISE_LEN, sizeof(key));
-		nftnl_expr_set(e, NFTNL_EXPR_BITWISE_MASK, &key, sizeof(key));
-		nftnl_expr_set(e, NFTNL_EXPR_BITWISE_XOR, &key, sizeof(key));
+	/* DNS that the nat chain did not redirect (a flow from before the
+	 * table) is a tunnel: refused in both phases. */
+	for (i = 0; i < sizeof(protos); i++) {
+		r = rule_new(m, CHAIN_FILTER);
+		match_dport(m, r, protos[i], DNS_PORT);
+		verdict(m, r, NFT_JUMP, CHAIN_REFUSE);
 	}
-	lookup(m, r, MAP_PHASE, SETID_PHASE, NFT_REG_VERDICT);
+
+	/* Everything else follows the phase. */
+	r = rule_new(m, CHAIN_FILTER);
+	phase_vmap(m, r);
 }
 
 static void build_refuse(struct model *m)
@@ -689,6 +833,10 @@ static int config_check(const struct egd_nft_config *cfg)
 
 	if (!cfg->listen_port)
 		return -EINVAL;
+	if (!cfg->dns_port) {
+		egd_err("nft: no DNS port: the agent's DNS would have nowhere to go but out");
+		return -EINVAL;
+	}
 	if (!cfg->daemon_cgroup_id && !cfg->use_uid_fallback) {
 		egd_err("nft: no way to recognise the daemon (no cgroup id, no uid fallback)");
 		return -EINVAL;
@@ -701,19 +849,146 @@ static int config_check(const struct egd_nft_config *cfg)
 		egd_err("nft: uid fallback with uid 0 would exempt any root agent");
 		return -EINVAL;
 	}
-	if (cfg->n_resolvers > EGD_NFT_RESOLVERS_MAX)
+	if (cfg->n_deny > EGD_NFT_DENY_MAX || cfg->n_loopback_allow > EGD_NFT_LOOPBACK_ALLOW_MAX)
 		return -EINVAL;
-	for (i = 0; i < cfg->n_resolvers; i++)
-		if (cfg->resolvers[i].family != AF_INET && cfg->resolvers[i].family != AF_INET6)
+	for (i = 0; i < cfg->n_deny; i++)
+		if ((cfg->deny[i].family != AF_INET || cfg->deny[i].prefix > 32) &&
+		    (cfg->deny[i].family != AF_INET6 || cfg->deny[i].prefix > 128))
+			return -EINVAL;
+	for (i = 0; i < cfg->n_loopback_allow; i++)
+		if (!cfg->loopback_allow[i])
 			return -EINVAL;
 	return 0;
 }
 
+/* ------------------------------------------------------------------------
+ * Interval sets: CIDRs as the kernel's rbtree wants them
+ */
+
+/* [start, end) of one CIDR, big-endian numbers of @len bytes; @top when
+ * the range runs to the last address (end would not fit). */
+struct range {
+	uint8_t start[16], end[16];
+	bool top;
+};
+
+static void cidr_range(const struct egd_nft_cidr *c, size_t len, struct range *r)
+{
+	size_t i;
+	int carry = 1;
+
+	memset(r, 0, sizeof(*r));
+	for (i = 0; i < len; i++) {
+		int bits = (int)c->prefix - 8 * (int)i;
+		uint8_t mask = bits >= 8 ? 0xff : bits <= 0 ? 0 : (uint8_t)(0xff << (8 - bits));
+
+		r->start[i] = c->addr[i] & mask;
+		r->end[i] = r->start[i] | (uint8_t)~mask;
+	}
+	/* end = last address + 1 */
+	for (i = len; i-- > 0 && carry;) {
+		carry = r->end[i] == 0xff;
+		r->end[i]++;
+	}
+	r->top = carry;
+}
+
+/* a <= b, both ends of ranges (a top end is above everything). */
+static bool end_ge(const struct range *a, const uint8_t *start, size_t len)
+{
+	return a->top || memcmp(a->end, start, len) >= 0;
+}
+
+static void interval_elem(struct model *m, struct nftnl_set *s, const uint8_t *key, size_t len,
+			  bool end)
+{
+	struct nftnl_set_elem *e = set_elem(m, s, key, (uint32_t)len, NFT_CONTINUE, NULL);
+
+	if (e && end)
+		nftnl_set_elem_set_u32(e, NFTNL_SET_ELEM_FLAGS, NFT_SET_ELEM_INTERVAL_END);
+}
+
+/*
+ * The elements of an interval set holding @cidrs of @family: sorted, with
+ * overlapping and adjacent ranges merged (the kernel refuses overlaps), each
+ * range a start element and an end element flagged INTERVAL_END (none for a
+ * range that runs to the last address), and an end element at zero first
+ * when the first range starts above it: what nft(8) sends for the same set.
+ */
+static void interval_elems(struct model *m, struct nftnl_set *s, int family,
+			   const struct egd_nft_cidr *cidrs, size_t n)
+{
+	struct range r[DENY_CIDRS_MAX], tmp;
+	size_t len = family == AF_INET ? 4 : 16, nr = 0, i, j;
+	static const uint8_t zero[16];
+
+	for (i = 0; i < n && nr < DENY_CIDRS_MAX; i++)
+		if (cidrs[i].family == family)
+			cidr_range(&cidrs[i], len, &r[nr++]);
+	/* Insertion sort by start: a few dozen ranges. */
+	for (i = 1; i < nr; i++)
+		for (j = i; j > 0 && memcmp(r[j - 1].start, r[j].start, len) > 0; j--) {
+			tmp = r[j];
+			r[j] = r[j - 1];
+			r[j - 1] = tmp;
+		}
+	/* Merge in place. */
+	for (i = 0, j = 1; j < nr; j++) {
+		if (end_ge(&r[i], r[j].start, len)) {
+			if (r[j].top || (!r[i].top && memcmp(r[j].end, r[i].end, len) > 0)) {
+				memcpy(r[i].end, r[j].end, len);
+				r[i].top = r[j].top;
+			}
+		} else {
+			r[++i] = r[j];
+		}
+	}
+	if (nr)
+		nr = i + 1;
+	if (nr && memcmp(r[0].start, zero, len))
+		interval_elem(m, s, zero, len, true);
+	for (i = 0; i < nr; i++) {
+		interval_elem(m, s, r[i].start, len, false);
+		if (!r[i].top)
+			interval_elem(m, s, r[i].end, len, true);
+	}
+}
+
+static void deny_sets(struct model *m, const struct egd_nft_config *cfg)
+{
+	struct egd_nft_cidr all[DENY_CIDRS_MAX];
+	struct nftnl_set *s4, *s6;
+	int n;
+
+	n = egd_nft_parse_cidrs(EGD_NFT_DENY_DEFAULT, all, DENY_CIDRS_MAX);
+	if (n < 0 || (size_t)n + cfg->n_deny > DENY_CIDRS_MAX)
+		return fail(m, -EINVAL);
+	memcpy(&all[n], cfg->deny, cfg->n_deny * sizeof(cfg->deny[0]));
+	n += (int)cfg->n_deny;
+	s4 = set_new(m, SET_DENY4, SETID_DENY4, NFT_TYPE_IPADDR, 4, NFT_SET_INTERVAL);
+	s6 = set_new(m, SET_DENY6, SETID_DENY6, NFT_TYPE_IP6ADDR, 16, NFT_SET_INTERVAL);
+	interval_elems(m, s4, AF_INET, all, (size_t)n);
+	interval_elems(m, s6, AF_INET6, all, (size_t)n);
+}
+
+/* Sets whose elements the daemon changes at run time: verify checks their
+ * definition, not their content. */
+static bool set_is_dynamic(const char *name)
+{
+	return name && (!strcmp(name, SET_ICADDR4) || !strcmp(name, SET_ICADDR6));
+}
+
+static void port_elem(struct model *m, struct nftnl_set *s, uint16_t port)
+{
+	uint16_t be = htons(port);
+
+	set_elem(m, s, &be, sizeof(be), NFT_CONTINUE, NULL);
+}
+
 static int model_build(struct model *m, const struct egd_nft_config *cfg, enum egd_phase phase)
 {
-	struct nftnl_set *ports, *res4, *res6, *map;
-	uint16_t port;
-	size_t i;
+	struct nftnl_set *ports, *lo, *map;
+	size_t i, j;
 	int err;
 
 	memset(m, 0, sizeof(*m));
@@ -728,42 +1003,34 @@ static int model_build(struct model *m, const struct egd_nft_config *cfg, enum e
 	obj_counter(m, EGD_NFT_CNT_REFUSED_TCP);
 	obj_counter(m, EGD_NFT_CNT_REFUSED_UDP);
 	obj_counter(m, EGD_NFT_CNT_REFUSED_OTHER);
+	obj_counter(m, EGD_NFT_CNT_DENIED_DST);
 
-	ports = set_new(m, SET_PORTS, SETID_PORTS, NFT_TYPE_INET_SERVICE, sizeof(port), false);
-	port = htons(cfg->listen_port);
-	set_elem(m, ports, &port, sizeof(port), NFT_CONTINUE, NULL);
+	ports = set_new(m, SET_PORTS, SETID_PORTS, NFT_TYPE_INET_SERVICE, sizeof(uint16_t), 0);
+	port_elem(m, ports, cfg->listen_port);
 	/* A set refuses duplicates, so a port shared by two listeners is
 	 * added once. */
-	if (cfg->dns_port && cfg->dns_port != cfg->listen_port) {
-		port = htons(cfg->dns_port);
-		set_elem(m, ports, &port, sizeof(port), NFT_CONTINUE, NULL);
-	}
+	if (cfg->dns_port != cfg->listen_port)
+		port_elem(m, ports, cfg->dns_port);
 	if (cfg->admin_port && cfg->admin_port != cfg->listen_port &&
-	    cfg->admin_port != cfg->dns_port) {
-		port = htons(cfg->admin_port);
-		set_elem(m, ports, &port, sizeof(port), NFT_CONTINUE, NULL);
-	}
-	res4 = set_new(m, SET_RESOLVERS4, SETID_RES4, NFT_TYPE_IPADDR, 4, false);
-	res6 = set_new(m, SET_RESOLVERS6, SETID_RES6, NFT_TYPE_IP6ADDR, 16, false);
-	for (i = 0; i < cfg->n_resolvers; i++) {
-		const struct egd_nft_resolver *res = &cfg->resolvers[i];
-		size_t j;
+	    cfg->admin_port != cfg->dns_port)
+		port_elem(m, ports, cfg->admin_port);
+	lo = set_new(m, SET_LO_ALLOW, SETID_LO_ALLOW, NFT_TYPE_INET_SERVICE, sizeof(uint16_t), 0);
+	for (i = 0; i < cfg->n_loopback_allow; i++) {
 		bool dup = false;
 
 		for (j = 0; j < i; j++)
-			dup |= res->family == cfg->resolvers[j].family &&
-			       !memcmp(res->addr, cfg->resolvers[j].addr, sizeof(res->addr));
-		if (dup)
-			continue;
-		if (res->family == AF_INET)
-			set_elem(m, res4, res->addr, 4, NFT_CONTINUE, NULL);
-		else
-			set_elem(m, res6, res->addr, 16, NFT_CONTINUE, NULL);
+			dup |= cfg->loopback_allow[j] == cfg->loopback_allow[i];
+		if (!dup)
+			port_elem(m, lo, cfg->loopback_allow[i]);
 	}
-	map = set_new(m, MAP_PHASE, SETID_PHASE, NFT_TYPE_MARK, sizeof(uint32_t), true);
+	deny_sets(m, cfg);
+	set_new(m, SET_ICADDR4, SETID_ICADDR4, NFT_TYPE_IPADDR, 4, NFT_SET_TIMEOUT);
+	set_new(m, SET_ICADDR6, SETID_ICADDR6, NFT_TYPE_IP6ADDR, 16, NFT_SET_TIMEOUT);
+	map = set_new(m, MAP_PHASE, SETID_PHASE, NFT_TYPE_MARK, sizeof(uint32_t), NFT_SET_MAP);
 	phase_elem(m, map, phase);
 
 	build_refuse(m);
+	build_deny(m, cfg);
 	build_nat(m, cfg);
 	build_filter(m, cfg);
 
@@ -873,7 +1140,7 @@ static void batch_phase(struct batch *bt, enum egd_phase phase, uint16_t type, u
 	struct nftnl_set *s;
 	struct nlmsghdr *nlh;
 
-	s = set_new(&m, MAP_PHASE, SETID_PHASE, NFT_TYPE_MARK, sizeof(uint32_t), true);
+	s = set_new(&m, MAP_PHASE, SETID_PHASE, NFT_TYPE_MARK, sizeof(uint32_t), NFT_SET_MAP);
 	if (type == NFT_MSG_DELSETELEM) {
 		uint32_t key = PHASE_KEY;
 
@@ -1091,6 +1358,70 @@ int egd_nft_set_phase(enum egd_phase phase)
 	err = len < 0 ? len : nl_send_batch(buf, len, batch_acks(buf, len));
 	if (err)
 		egd_err("nft: setting the phase: %s", strerror(-err));
+	free(buf);
+	return err;
+}
+
+/* Add-delete-add: the delete then succeeds whether or not the address was
+ * there, and the last add gives it a fresh timeout; one transaction. */
+int egd_nft_build_icaddr(const struct egd_ip *ip, uint32_t ttl_s, void *buf, size_t len)
+{
+	static const uint8_t mapped[12] = { 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff };
+	const uint8_t *a = (const uint8_t *)ip->addr;
+	struct model m = { 0 };
+	struct nftnl_set *s[3];
+	struct nftnl_set_elem *e;
+	struct batch bt;
+	const char *name;
+	uint32_t klen;
+	int err, i;
+
+	if (!ttl_s || (ip->family != EGD_AF_INET && ip->family != EGD_AF_INET6))
+		return -EINVAL;
+	/* A v4-mapped answer is dialled as IPv4: the kernel sends IPv4. */
+	if (ip->family == EGD_AF_INET6 && !memcmp(a, mapped, sizeof(mapped))) {
+		a += sizeof(mapped);
+		klen = 4;
+	} else {
+		klen = ip->family == EGD_AF_INET ? 4 : 16;
+	}
+	name = klen == 4 ? SET_ICADDR4 : SET_ICADDR6;
+	for (i = 0; i < 3; i++) {
+		s[i] = set_new(&m, name, 0, klen == 4 ? NFT_TYPE_IPADDR : NFT_TYPE_IP6ADDR, klen,
+			       NFT_SET_TIMEOUT);
+		nftnl_set_unset(s[i], NFTNL_SET_ID);
+		e = set_elem(&m, s[i], a, klen, NFT_CONTINUE, NULL);
+		if (e && i == 2)
+			nftnl_set_elem_set_u64(e, NFTNL_SET_ELEM_TIMEOUT, (uint64_t)ttl_s * 1000);
+	}
+	err = m.err ? m.err : batch_start(&bt, buf, len);
+	if (!err) {
+		static const uint16_t types[3] = { NFT_MSG_NEWSETELEM, NFT_MSG_DELSETELEM,
+						   NFT_MSG_NEWSETELEM };
+
+		for (i = 0; i < 3; i++) {
+			struct nlmsghdr *nlh = batch_msg(&bt, types[i], i == 1 ? 0 : NLM_F_CREATE);
+
+			if (nlh)
+				nftnl_set_elems_nlmsg_build_payload(nlh, s[i]);
+			batch_next(&bt);
+		}
+		err = batch_finish(&bt);
+	}
+	model_free(&m);
+	return err;
+}
+
+int egd_nft_icaddr_add(const struct egd_ip *ip, uint32_t ttl_s)
+{
+	char *buf;
+	int len, err;
+
+	buf = malloc(EGD_NFT_BATCH_MAX_BYTES);
+	if (!buf)
+		return -ENOMEM;
+	len = egd_nft_build_icaddr(ip, ttl_s, buf, EGD_NFT_BATCH_MAX_BYTES);
+	err = len < 0 ? len : nl_send_batch(buf, len, batch_acks(buf, len));
 	free(buf);
 	return err;
 }
@@ -1372,7 +1703,7 @@ static bool set_eq(const struct nftnl_set *want, const struct nftnl_set *got)
 }
 
 /* Order-insensitive: each wanted element present exactly once, nothing
- * else. Quadratic, which is fine for sets of at most 16. */
+ * else. Quadratic, which is fine for sets of a few dozen. */
 static bool elem_eq(struct nftnl_set_elem *a, struct nftnl_set_elem *b)
 {
 	uint32_t la, lb;
@@ -1381,7 +1712,13 @@ static bool elem_eq(struct nftnl_set_elem *a, struct nftnl_set_elem *b)
 	bool va = nftnl_set_elem_is_set(a, NFTNL_SET_ELEM_VERDICT);
 	bool vb = nftnl_set_elem_is_set(b, NFTNL_SET_ELEM_VERDICT);
 
-	if (!ka || !kb || la != lb || memcmp(ka, kb, la) || va != vb)
+	uint32_t fa = nftnl_set_elem_is_set(a, NFTNL_SET_ELEM_FLAGS) ?
+			      nftnl_set_elem_get_u32(a, NFTNL_SET_ELEM_FLAGS) : 0;
+	uint32_t fb = nftnl_set_elem_is_set(b, NFTNL_SET_ELEM_FLAGS) ?
+			      nftnl_set_elem_get_u32(b, NFTNL_SET_ELEM_FLAGS) : 0;
+
+	/* The flags say which elements end an interval. */
+	if (!ka || !kb || la != lb || memcmp(ka, kb, la) || va != vb || fa != fb)
 		return false;
 	if (!va)
 		return true;
@@ -1448,6 +1785,8 @@ static int verify_sets(struct mnl_socket *nl, const struct model *m)
 			err = mismatch(name);
 			break;
 		}
+		if (set_is_dynamic(name))
+			continue;
 		err = nl_dump(nl, NFT_MSG_GETSETELEM, NLM_F_DUMP | NLM_F_ACK, NFT_MSG_NEWSETELEM,
 			      pl_setelem, m->sets[i], &de);
 		/* An empty set answers with no message at all. */
@@ -1677,4 +2016,81 @@ int egd_nft_monitor_drain(int fd)
 		break;
 	}
 	return err ? err : n;
+}
+
+/* ------------------------------------------------------------------------
+ * Parsing the operator's lists
+ */
+
+#define LIST_SEPARATORS ", \t"
+
+int egd_nft_parse_cidrs(const char *s, struct egd_nft_cidr *out, int max)
+{
+	char buf[4096], *save = NULL, *tok;
+	int n = 0;
+
+	if (strlen(s) >= sizeof(buf))
+		return -EINVAL;
+	snprintf(buf, sizeof(buf), "%s", s);
+	for (tok = strtok_r(buf, LIST_SEPARATORS, &save); tok;
+	     tok = strtok_r(NULL, LIST_SEPARATORS, &save)) {
+		struct egd_nft_cidr c = { 0 };
+		char *slash = strchr(tok, '/'), *end;
+		unsigned long prefix;
+		int bits, i;
+
+		if (n == max)
+			return -E2BIG;
+		if (slash)
+			*slash = '\0';
+		if (inet_pton(AF_INET, tok, c.addr) == 1)
+			c.family = AF_INET;
+		else if (inet_pton(AF_INET6, tok, c.addr) == 1)
+			c.family = AF_INET6;
+		else
+			return -EINVAL;
+		bits = c.family == AF_INET ? 32 : 128;
+		prefix = (unsigned long)bits;
+		if (slash) {
+			errno = 0;
+			prefix = strtoul(slash + 1, &end, 10);
+			if (errno || end == slash + 1 || *end || prefix > (unsigned long)bits)
+				return -EINVAL;
+		}
+		c.prefix = (uint8_t)prefix;
+		/* Host bits set: 10.0.0.1/8 is a typo for something. */
+		for (i = 0; i < bits / 8; i++) {
+			int keep = (int)prefix - 8 * i;
+			uint8_t mask = keep >= 8 ? 0xff : keep <= 0 ? 0 : (uint8_t)(0xff << (8 - keep));
+
+			if (c.addr[i] & ~mask)
+				return -EINVAL;
+		}
+		out[n++] = c;
+	}
+	return n;
+}
+
+int egd_nft_parse_ports(const char *s, uint16_t *out, int max)
+{
+	char buf[4096], *save = NULL, *tok;
+	int n = 0;
+
+	if (strlen(s) >= sizeof(buf))
+		return -EINVAL;
+	snprintf(buf, sizeof(buf), "%s", s);
+	for (tok = strtok_r(buf, LIST_SEPARATORS, &save); tok;
+	     tok = strtok_r(NULL, LIST_SEPARATORS, &save)) {
+		unsigned long port;
+		char *end;
+
+		if (n == max)
+			return -E2BIG;
+		errno = 0;
+		port = strtoul(tok, &end, 10);
+		if (errno || *end || port == 0 || port > 65535 || tok[0] == '-' || tok[0] == '+')
+			return -EINVAL;
+		out[n++] = (uint16_t)port;
+	}
+	return n;
 }

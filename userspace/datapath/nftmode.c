@@ -38,15 +38,41 @@ static int own_cgroup_level(uint32_t *level)
 	return err;
 }
 
-int egd_nftmode_config(struct egd_nft_config *nc, uint16_t listen_port, uint16_t admin_port)
+/* The operator's lists; a bad one stops the daemon at start, naming it. */
+static int operator_lists(struct egd_nft_config *nc)
 {
-	struct egd_addr res[EGD_NFT_RESOLVERS_MAX];
-	const char *spec = egd_config_get("EGRESSD_RESOLVERS");
+	const char *deny = egd_config_get("EGRESSD_DENY_CIDRS");
+	const char *lo = egd_config_get("EGRESSD_LOOPBACK_ALLOW");
+	int n;
+
+	n = deny ? egd_nft_parse_cidrs(deny, nc->deny, EGD_NFT_DENY_MAX) : 0;
+	if (n < 0) {
+		egd_err("bad EGRESSD_DENY_CIDRS \"%s\": expected at most %d CIDRs (ADDR/LEN, no host "
+			"bits), comma separated",
+			deny, EGD_NFT_DENY_MAX);
+		return -EINVAL;
+	}
+	nc->n_deny = (size_t)n;
+	n = lo ? egd_nft_parse_ports(lo, nc->loopback_allow, EGD_NFT_LOOPBACK_ALLOW_MAX) : 0;
+	if (n < 0) {
+		egd_err("bad EGRESSD_LOOPBACK_ALLOW \"%s\": expected at most %d ports, comma "
+			"separated",
+			lo, EGD_NFT_LOOPBACK_ALLOW_MAX);
+		return -EINVAL;
+	}
+	nc->n_loopback_allow = (size_t)n;
+	return 0;
+}
+
+int egd_nftmode_config(struct egd_nft_config *nc, uint16_t listen_port, uint16_t dns_port,
+		       uint16_t admin_port)
+{
 	char self[4096];
-	int n, err;
+	int err;
 
 	memset(nc, 0, sizeof(*nc));
 	nc->listen_port = listen_port;
+	nc->dns_port = dns_port;
 	nc->admin_port = admin_port;
 	err = egd_cgroup_of_pid(0, self, sizeof(self));
 	if (!err)
@@ -72,18 +98,7 @@ int egd_nftmode_config(struct egd_nft_config *nc, uint16_t listen_port, uint16_t
 		nc->use_uid_fallback = 1;
 		nc->daemon_uid = getuid();
 	}
-	n = spec ? egd_parse_ip_list(spec, res, EGD_NFT_RESOLVERS_MAX) :
-		   egd_resolvers_from_file("/etc/resolv.conf", res, EGD_NFT_RESOLVERS_MAX);
-	if (n < 0) {
-		egd_err("bad EGRESSD_RESOLVERS \"%s\"", spec);
-		return -EINVAL;
-	}
-	for (int i = 0; i < n; i++) {
-		nc->resolvers[i].family = res[i].family;
-		memcpy(nc->resolvers[i].addr, res[i].addr, res[i].family == EGD_AF_INET ? 4 : 16);
-	}
-	nc->n_resolvers = (size_t)n;
-	return 0;
+	return operator_lists(nc);
 }
 
 int egd_nftmode_start(const struct egd_nft_config *nc, enum egd_phase phase)

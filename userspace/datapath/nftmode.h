@@ -1,8 +1,9 @@
 /* SPDX-License-Identifier: MIT */
 /*
  * nftables capture for the daemon: who the daemon is (its cgroup and its
- * depth, for `socket cgroupv2`), which resolvers the agent may use, and the
- * checks that keep the installed ruleset the one we meant.
+ * depth, for `socket cgroupv2`), the operator's additions to the ruleset
+ * (EGRESSD_DENY_CIDRS, EGRESSD_LOOPBACK_ALLOW), and the checks that keep the
+ * installed ruleset the one we meant.
  */
 #ifndef EGD_NFTMODE_H
 #define EGD_NFTMODE_H
@@ -11,10 +12,11 @@
 
 #include "datapath/nft.h"
 
-/* Fill @nc for a daemon listening on @listen_port (and @admin_port, 0 for
- * none). Resolvers come from EGRESSD_RESOLVERS or /etc/resolv.conf. Returns
- * 0, or -errno with the reason logged. */
-int egd_nftmode_config(struct egd_nft_config *nc, uint16_t listen_port, uint16_t admin_port);
+/* Fill @nc for a daemon listening on @listen_port, its policy DNS on
+ * @dns_port (where every agent DNS packet goes) and @admin_port (0 for
+ * none). Returns 0, or -errno with the reason logged. */
+int egd_nftmode_config(struct egd_nft_config *nc, uint16_t listen_port, uint16_t dns_port,
+		       uint16_t admin_port);
 
 /* Install and read back: 0 only when the kernel holds exactly our ruleset. */
 int egd_nftmode_start(const struct egd_nft_config *nc, enum egd_phase phase);

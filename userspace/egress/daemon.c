@@ -292,7 +292,9 @@ static int setup_nft(struct egd_daemon *d)
 	uint16_t admin = d->cfg.admin.family ? ntohs(d->cfg.admin.port) : 0;
 
 	d->capture = EGD_CAPTURE_NFT;
-	return egd_nftmode_config(&d->nft, d->cfg.listen_port, admin);
+	/* The policy DNS listens on EGD_DEFAULT_DNS_PORT until
+	 * EGRESSD_DNS_LISTEN exists; then pass its port here. */
+	return egd_nftmode_config(&d->nft, d->cfg.listen_port, EGD_DEFAULT_DNS_PORT, admin);
 }
 
 /* --mode auto: BPF when `egressd attach` left its maps pinned, else nft. */
