@@ -538,8 +538,8 @@ static void test_filter_judges_every_packet_by_the_phase(void **state)
 		   "cmp eq reg 1 0x00000000 ", "jump -> refuse");
 	dns_udp = FIND(&g_p, "filter_output", "cmp eq reg 1 0x00000011 ", "cmp eq reg 1 0x00003500",
 		       "jump -> refuse");
-	/* The last rule of the table: everything else follows the phase. */
-	phase = (int)g_p.n_rules - 1;
+	/* The chain's last rule: everything else follows the phase. */
+	phase = chain_first(&g_p, "daemon_input") - 1;
 	assert_string_equal(g_p.chain[phase], "filter_output");
 	assert_non_null(strstr(g_p.text[phase], "lookup reg 1 set phase dreg 0"));
 	assert_null(strstr(g_p.text[phase], "oif"));
@@ -552,6 +552,37 @@ static void test_filter_judges_every_packet_by_the_phase(void **state)
 	assert_true(lo_allow_udp < lo_phase && lo_allow_tcp < lo_phase);
 	assert_true(lo_phase < quic4 && lo_phase < quic6);
 	assert_true(quic4 < tcp && quic6 < tcp && tcp < dns_udp && dns_udp < phase);
+}
+
+static void test_daemon_flows_are_marked_and_their_packets_pass(void **state)
+{
+	const struct nftnl_chain *in;
+	struct egd_nft_config c;
+	int stamp_out, marked_out, stamp_in;
+
+	(void)state;
+	base_config(&c);
+	assert_true(build_parse(&c, EGD_PHASE_AGENT) > 0);
+	/* 0x00656764: "egd". */
+	stamp_out = FIND(&g_p, "filter_output", "socket load cgroupv2", "immediate reg 1 0x00656764",
+			 "ct set mark with reg 1", "accept");
+	marked_out = FIND(&g_p, "filter_output", "ct load mark", "cmp eq reg 1 0x00656764",
+			  "accept");
+	assert_int_equal(stamp_out, chain_first(&g_p, "filter_output"));
+	assert_int_equal(marked_out, stamp_out + 1);
+	assert_true(FIND(&g_p, "deny_output", "ct load mark", "cmp eq reg 1 0x00656764", "accept") >=
+		    0);
+	/* A listener of the daemon found for an inbound packet stamps its
+	 * flow; nothing else happens on input. */
+	in = find_chain(&g_p, "daemon_input");
+	assert_non_null(in);
+	assert_int_equal(nftnl_chain_get_u32(in, NFTNL_CHAIN_HOOKNUM), NF_INET_LOCAL_IN);
+	assert_int_equal(nftnl_chain_get_u32(in, NFTNL_CHAIN_POLICY), NF_ACCEPT);
+	stamp_in = FIND(&g_p, "daemon_input", "socket load cgroupv2", "immediate reg 1 0x00656764",
+			"ct set mark with reg 1");
+	assert_int_equal(stamp_in, chain_first(&g_p, "daemon_input"));
+	assert_int_equal(stamp_in + 1, (int)g_p.n_rules);
+	assert_null(strstr(g_p.text[stamp_in], "accept"));
 }
 
 static void test_refuse_rejects_fast_with_counters_and_rate_limited_log(void **state)
@@ -1466,6 +1497,7 @@ int main(void)
 		cmocka_unit_test(test_deny_sets_hold_defaults_and_operator_cidrs_merged),
 		cmocka_unit_test(test_cidr_and_port_lists_parse_strictly),
 		cmocka_unit_test(test_filter_judges_every_packet_by_the_phase),
+		cmocka_unit_test(test_daemon_flows_are_marked_and_their_packets_pass),
 		cmocka_unit_test(test_refuse_rejects_fast_with_counters_and_rate_limited_log),
 		cmocka_unit_test(test_agent_phase_element_jumps_to_refuse),
 		cmocka_unit_test(test_verification_phase_element_accepts),

@@ -33,6 +33,10 @@
  *       policy DNS) refused; TCP the nat chain did not capture refused (but
  *       not replies on an inbound flow, which the phase judges); DNS that
  *       escaped the redirect refused; then `meta mark & 0 vmap @phase`.
+ *   chain daemon_input   filter hook input, policy accept: a flow a host
+ *       outside opens to a daemon listener gets the daemon's conntrack mark,
+ *       as do the daemon's own flows in filter_output; packets of flows so
+ *       marked pass (a listener's SYN-ACK has no full socket to match).
  *   map phase            one element, key 0: `jump refuse` in the agent
  *       phase, `accept` in the verification phase.
  *   chain refuse         rate-limited log, then reject: TCP reset, ICMP port
@@ -81,7 +85,7 @@
 #include <linux/netfilter/nfnetlink.h>
 
 /* Upper bounds of the model; more is a bug (-E2BIG) or, read back, tampering. */
-#define MODEL_CHAINS_MAX 5
+#define MODEL_CHAINS_MAX 6
 #define MODEL_SETS_MAX 8
 #define MODEL_OBJS_MAX 8
 #define MODEL_RULES_MAX 64
@@ -110,6 +114,11 @@
 #define DENY_OUTPUT_PRIORITY (-150)
 #define NAT_OUTPUT_PRIORITY (-101)
 #define FILTER_OUTPUT_PRIORITY 0
+#define FILTER_INPUT_PRIORITY 0
+
+/* Conntrack mark of the daemon's flows ("egd"); nothing else in a sandbox's
+ * namespace sets conntrack marks. */
+#define CT_MARK_DAEMON 0x00656764u
 
 /* Every network namespace numbers its loopback device 1 (LOOPBACK_IFINDEX). */
 #define LOOPBACK_IFINDEX 1
@@ -138,6 +147,7 @@
 #define NFT_TYPE_MARK 19
 
 #define CHAIN_DENY "deny_output"
+#define CHAIN_INPUT "daemon_input"
 #define CHAIN_NAT "nat_output"
 #define CHAIN_FILTER "filter_output"
 #define CHAIN_REFUSE "refuse"
@@ -541,8 +551,32 @@ static void reject(struct model *m, struct nftnl_rule *r, uint32_t type, int cod
  * with a uid dedicated to the daemon that nothing in the agent can reach; we
  * refuse uid 0 outright because agents routinely run as root.
  */
+static void load_ct(struct model *m, struct nftnl_rule *r, enum nft_ct_keys key, int dir);
+
+/* What daemon_exempt() adds besides matching the daemon's own sockets. */
+#define EXEMPT_SET_MARK (1u << 0) /* stamp the flow with CT_MARK_DAEMON */
+#define EXEMPT_MARKED (1u << 1)	  /* and accept packets of flows so stamped */
+#define EXEMPT_NO_UID (1u << 2)	  /* no uid rule (input: no socket owner yet) */
+
+static void ct_mark_set(struct model *m, struct nftnl_rule *r)
+{
+	struct nftnl_expr *e;
+	uint32_t mark = CT_MARK_DAEMON;
+
+	e = expr_add(m, r, "immediate");
+	if (e) {
+		nftnl_expr_set_u32(e, NFTNL_EXPR_IMM_DREG, NFT_REG_1);
+		nftnl_expr_set(e, NFTNL_EXPR_IMM_DATA, &mark, sizeof(mark));
+	}
+	e = expr_add(m, r, "ct");
+	if (e) {
+		nftnl_expr_set_u32(e, NFTNL_EXPR_CT_KEY, NFT_CT_MARK);
+		nftnl_expr_set_u32(e, NFTNL_EXPR_CT_SREG, NFT_REG_1);
+	}
+}
+
 static void daemon_exempt(struct model *m, const struct egd_nft_config *cfg, const char *chain,
-			  int code)
+			  int code, uint32_t flags)
 {
 	struct nftnl_rule *r;
 
@@ -557,12 +591,32 @@ static void daemon_exempt(struct model *m, const struct egd_nft_config *cfg, con
 			nftnl_expr_set_u32(e, NFTNL_EXPR_SOCKET_LEVEL, cfg->daemon_cgroup_level);
 		}
 		cmp(m, r, NFT_CMP_EQ, &cfg->daemon_cgroup_id, sizeof(cfg->daemon_cgroup_id));
-		verdict(m, r, code, NULL);
+		if (flags & EXEMPT_SET_MARK)
+			ct_mark_set(m, r);
+		if (code != NFT_CONTINUE)
+			verdict(m, r, code, NULL);
 	}
-	if (cfg->use_uid_fallback) {
+	if (cfg->use_uid_fallback && !(flags & EXEMPT_NO_UID)) {
 		r = rule_new(m, chain);
 		load_meta(m, r, NFT_META_SKUID);
 		cmp(m, r, NFT_CMP_EQ, &cfg->daemon_uid, sizeof(cfg->daemon_uid));
+		if (flags & EXEMPT_SET_MARK)
+			ct_mark_set(m, r);
+		verdict(m, r, code, NULL);
+	}
+	/*
+	 * `socket cgroupv2` only knows full sockets: the SYN-ACK of a daemon
+	 * listener (sent by a request socket) and the ACKs of a TIME_WAIT one
+	 * match nothing. The flow's mark, stamped by the daemon's own packets
+	 * (output) or by its listener's lookup (input), covers them. The agent
+	 * cannot set a conntrack mark (that needs CAP_NET_ADMIN).
+	 */
+	if (flags & EXEMPT_MARKED) {
+		uint32_t mark = CT_MARK_DAEMON;
+
+		r = rule_new(m, chain);
+		load_ct(m, r, NFT_CT_MARK, -1);
+		cmp(m, r, NFT_CMP_EQ, &mark, sizeof(mark));
 		verdict(m, r, code, NULL);
 	}
 }
@@ -663,7 +717,7 @@ static void refuse_daddr(struct model *m, const char *chain, uint8_t nfproto, ui
 static void build_deny(struct model *m, const struct egd_nft_config *cfg)
 {
 	chain_new(m, CHAIN_DENY, "filter", NF_INET_LOCAL_OUT, DENY_OUTPUT_PRIORITY, NF_ACCEPT);
-	daemon_exempt(m, cfg, CHAIN_DENY, NF_ACCEPT);
+	daemon_exempt(m, cfg, CHAIN_DENY, NF_ACCEPT, EXEMPT_MARKED);
 	/* ff02::1:ff00:0/104 and ff02::16 are multicast: the link's own
 	 * ICMPv6 must pass before the multicast deny. */
 	link_needs(m, CHAIN_DENY);
@@ -671,12 +725,22 @@ static void build_deny(struct model *m, const struct egd_nft_config *cfg)
 	refuse_daddr(m, CHAIN_DENY, NFPROTO_IPV6, 0, SET_DENY6, SETID_DENY6, EGD_NFT_CNT_DENIED_DST);
 }
 
+/* Flows that hosts outside open to a daemon listener (a probe of the admin
+ * port, the proxy's HTTP listener): stamped at the door, so that the
+ * listener's answers (see daemon_exempt()) leave in the agent phase, while
+ * the agent's own answers to inbound flows do not. */
+static void build_input(struct model *m, const struct egd_nft_config *cfg)
+{
+	chain_new(m, CHAIN_INPUT, "filter", NF_INET_LOCAL_IN, FILTER_INPUT_PRIORITY, NF_ACCEPT);
+	daemon_exempt(m, cfg, CHAIN_INPUT, NFT_CONTINUE, EXEMPT_SET_MARK | EXEMPT_NO_UID);
+}
+
 static void build_nat(struct model *m, const struct egd_nft_config *cfg)
 {
 	struct nftnl_rule *r;
 
 	chain_new(m, CHAIN_NAT, "nat", NF_INET_LOCAL_OUT, NAT_OUTPUT_PRIORITY, NF_ACCEPT);
-	daemon_exempt(m, cfg, CHAIN_NAT, NFT_RETURN);
+	daemon_exempt(m, cfg, CHAIN_NAT, NFT_RETURN, 0);
 
 	/* DNS first, whatever the address, so that a loopback resolver
 	 * (Docker's 127.0.0.11, systemd's 127.0.0.53) is captured too. */
@@ -705,7 +769,7 @@ static void build_filter(struct model *m, const struct egd_nft_config *cfg)
 
 	chain_new(m, CHAIN_FILTER, "filter", NF_INET_LOCAL_OUT, FILTER_OUTPUT_PRIORITY, NF_DROP);
 
-	daemon_exempt(m, cfg, CHAIN_FILTER, NF_ACCEPT);
+	daemon_exempt(m, cfg, CHAIN_FILTER, NF_ACCEPT, EXEMPT_SET_MARK | EXEMPT_MARKED);
 
 	/* Flows our nat chain redirected to a listener: the only way in. */
 	r = rule_new(m, CHAIN_FILTER);
@@ -1033,6 +1097,7 @@ static int model_build(struct model *m, const struct egd_nft_config *cfg, enum e
 	build_deny(m, cfg);
 	build_nat(m, cfg);
 	build_filter(m, cfg);
+	build_input(m, cfg);
 
 	if (m->err) {
 		err = m->err;
