@@ -190,11 +190,10 @@ static int cmd_status(int argc, char **argv)
 		/* No BPF attachment: perhaps the nftables fallback is in place. */
 		if (egd_nft_counter(EGD_NFT_CNT_DIRECT_DIAL, &n) == 0) {
 			printf("mode: nft\ntable: inet %s present\n", EGD_NFT_TABLE);
-			const char *names[] = { EGD_NFT_CNT_DIRECT_DIAL, EGD_NFT_CNT_REFUSED_TCP,
-						EGD_NFT_CNT_REFUSED_UDP, EGD_NFT_CNT_REFUSED_OTHER };
+			static const char *const names[] = EGD_NFT_COUNTER_NAMES;
 
 			printf("counters (packets):\n");
-			for (size_t i = 0; i < 4; i++)
+			for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++)
 				if (egd_nft_counter(names[i], &n) == 0)
 					printf("  %-26s %llu\n", names[i], (unsigned long long)n);
 			return 0;

@@ -207,7 +207,8 @@ nothing_reached() {
 	nothing_reached "."
 	run grep -e $META4 -e $OPERATOR_DENY -e "$META6" "$T/audit.log"
 	[ "$status" -eq 1 ]
-	[ "$(in_agent_ns nft list counter inet egressd denied_dst | awk '/packets/ { print $2 }')" -ge 10 ]
+	[ "$(metric 'egressd_nft_refused_packets_total{counter="denied_dst"}')" -ge 10 ]
+	in_agent_ns "$EGRESSD" status | grep -q denied_dst
 	# The servers were there: the daemon's own cgroup reaches them.
 	run exempt curl -sS -m 3 http://$META4/
 	[ "$output" = "hello-http port=80" ]

@@ -41,6 +41,10 @@
 #define EGD_NFT_CNT_REFUSED_UDP "refused_udp"
 #define EGD_NFT_CNT_REFUSED_OTHER "refused_other"
 #define EGD_NFT_CNT_DENIED_DST "denied_dst"
+/* All of them, for /metrics and `egressd status`. */
+#define EGD_NFT_COUNTER_NAMES                                                                      \
+	{ EGD_NFT_CNT_DIRECT_DIAL, EGD_NFT_CNT_REFUSED_TCP, EGD_NFT_CNT_REFUSED_UDP,              \
+	  EGD_NFT_CNT_REFUSED_OTHER, EGD_NFT_CNT_DENIED_DST }
 
 /* The always-deny set, whatever EGRESSD_DENY_CIDRS adds: link-local (cloud
  * metadata at 169.254.169.254, and fe80::/10), AWS's IPv6 metadata,

@@ -155,9 +155,7 @@ static void render_metrics(struct egd_daemon *d, struct sbuf *b)
 		  "# TYPE egressd_capture_mode gauge\negressd_capture_mode{mode=\"%s\"} 1\n",
 		  egd_capture_name(d));
 	if (d->capture == EGD_CAPTURE_NFT) {
-		static const char *const names[] = { EGD_NFT_CNT_DIRECT_DIAL, EGD_NFT_CNT_REFUSED_TCP,
-						     EGD_NFT_CNT_REFUSED_UDP,
-						     EGD_NFT_CNT_REFUSED_OTHER };
+		static const char *const names[] = EGD_NFT_COUNTER_NAMES;
 		uint64_t n;
 
 		sb_printf(b, "# HELP egressd_nft_refused_packets_total Packets the ruleset "
