@@ -248,7 +248,8 @@ static void base_config(struct egd_nft_config *c)
 	c->dns_port = DNS_PORT;
 	/* An operator's addition overlapping a default (merged) and one of
 	 * its own. */
-	assert_int_equal(egd_nft_parse_cidrs("169.254.169.254/32, " OPERATOR_DENY4 " " OPERATOR_DENY6,
+	assert_int_equal(egd_nft_parse_cidrs("169.254.169.254/32, " OPERATOR_DENY4
+					     " " OPERATOR_DENY6,
 					     c->deny, EGD_NFT_DENY_MAX),
 			 3);
 	c->n_deny = 3;
@@ -369,7 +370,8 @@ static void test_dns_to_any_address_goes_to_the_dns_listener(void **state)
 	assert_true(FIND(&g_p, "filter_output", "cmp eq reg 1 0x00000006 ",
 			 "cmp eq reg 1 0x00003500", "jump -> refuse") >= 0);
 	/* And the DNS port is a daemon port: no direct dial. */
-	assert_true(strstr(g_p.text[FIND(&g_p, "filter_output", "set daemon_ports")], "direct_dial"));
+	assert_non_null(
+		strstr(g_p.text[FIND(&g_p, "filter_output", "set daemon_ports")], "direct_dial"));
 }
 
 static void test_deny_chain_runs_first_and_refuses_the_deny_sets(void **state)
@@ -392,12 +394,14 @@ static void test_deny_chain_runs_first_and_refuses_the_deny_sets(void **state)
 	assert_int_equal(nftnl_chain_get_u32(deny, NFTNL_CHAIN_POLICY), NF_ACCEPT);
 	first = chain_first(&g_p, "deny_output");
 	exempt = FIND(&g_p, "deny_output", "socket load cgroupv2", "accept");
-	nd = FIND(&g_p, "deny_output", "cmp eq reg 1 0x0000003a ", "range eq reg 1 0x00000085 0x00000088",
-		  "cmp eq reg 1 0x000000ff ", "accept");
-	d4 = FIND(&g_p, "deny_output", "cmp eq reg 1 0x00000002 ", "payload load 4b @ network header + 16",
-		  "lookup reg 1 set deny4", "name denied_dst", "jump -> refuse");
-	d6 = FIND(&g_p, "deny_output", "cmp eq reg 1 0x0000000a ", "payload load 16b @ network header + 24",
-		  "lookup reg 1 set deny6", "name denied_dst", "jump -> refuse");
+	nd = FIND(&g_p, "deny_output", "cmp eq reg 1 0x0000003a ",
+		  "range eq reg 1 0x00000085 0x00000088", "cmp eq reg 1 0x000000ff ", "accept");
+	d4 = FIND(&g_p, "deny_output", "cmp eq reg 1 0x00000002 ",
+		  "payload load 4b @ network header + 16", "lookup reg 1 set deny4",
+		  "name denied_dst", "jump -> refuse");
+	d6 = FIND(&g_p, "deny_output", "cmp eq reg 1 0x0000000a ",
+		  "payload load 16b @ network header + 24", "lookup reg 1 set deny6",
+		  "name denied_dst", "jump -> refuse");
 	assert_int_equal(exempt, first);
 	/* Neighbour discovery goes to multicast: it passes before the deny. */
 	assert_true(nd > exempt && d4 > nd && d6 > nd);
@@ -465,11 +469,13 @@ static void test_deny_sets_hold_defaults_and_operator_cidrs_merged(void **state)
 	 * 169.254.0.0/16, 255.255.255.255 runs to the top (no end). */
 	set_words("deny4", words, sizeof(words));
 	assert_string_equal(words, "0.0.0.0 1.0.0.0/end 10.99.0.128 10.99.1.0/end "
-				   "100.100.100.200 100.100.100.201/end 169.254.0.0 169.255.0.0/end "
+				   "100.100.100.200 100.100.100.201/end "
+				   "169.254.0.0 169.255.0.0/end "
 				   "224.0.0.0 240.0.0.0/end 255.255.255.255 ");
 	/* The first range starts above zero: an end element at :: first. */
 	set_words("deny6", words, sizeof(words));
-	assert_string_equal(words, "::/end fd00:99::8000 fd00:99::1:0/end fd00:ec2::254 fd00:ec2::255/end "
+	assert_string_equal(words, "::/end fd00:99::8000 fd00:99::1:0/end "
+				   "fd00:ec2::254 fd00:ec2::255/end "
 				   "fe80:: fec0::/end ff00:: ");
 }
 
@@ -517,8 +523,8 @@ static void test_filter_judges_every_packet_by_the_phase(void **state)
 	nd = FIND(&g_p, "filter_output", "range eq reg 1 0x00000085 0x00000088", "accept");
 	lo_rel = FIND(&g_p, "filter_output", "meta load oif", "ct load state", "& 0x00000004 )",
 		      "accept");
-	proto = FIND(&g_p, "filter_output", "cmp neq reg 1 0x00000011 ", "cmp neq reg 1 0x00000006 ",
-		     "jump -> refuse");
+	proto = FIND(&g_p, "filter_output", "cmp neq reg 1 0x00000011 ",
+		     "cmp neq reg 1 0x00000006 ", "jump -> refuse");
 	direct_udp = FIND(&g_p, "filter_output", "meta load oif", "cmp eq reg 1 0x00000011 ",
 			  "lookup reg 1 set daemon_ports", "name direct_dial", "jump -> refuse");
 	direct_tcp = FIND(&g_p, "filter_output", "meta load oif", "cmp eq reg 1 0x00000006 ",
@@ -564,14 +570,14 @@ static void test_daemon_flows_are_marked_and_their_packets_pass(void **state)
 	base_config(&c);
 	assert_true(build_parse(&c, EGD_PHASE_AGENT) > 0);
 	/* 0x00656764: "egd". */
-	stamp_out = FIND(&g_p, "filter_output", "socket load cgroupv2", "immediate reg 1 0x00656764",
-			 "ct set mark with reg 1", "accept");
+	stamp_out = FIND(&g_p, "filter_output", "socket load cgroupv2",
+			 "immediate reg 1 0x00656764", "ct set mark with reg 1", "accept");
 	marked_out = FIND(&g_p, "filter_output", "ct load mark", "cmp eq reg 1 0x00656764",
 			  "accept");
 	assert_int_equal(stamp_out, chain_first(&g_p, "filter_output"));
 	assert_int_equal(marked_out, stamp_out + 1);
-	assert_true(FIND(&g_p, "deny_output", "ct load mark", "cmp eq reg 1 0x00656764", "accept") >=
-		    0);
+	assert_true(FIND(&g_p, "deny_output", "ct load mark", "cmp eq reg 1 0x00656764",
+			 "accept") >= 0);
 	/* A listener of the daemon found for an inbound packet stamps its
 	 * flow; nothing else happens on input. */
 	in = find_chain(&g_p, "daemon_input");
@@ -628,7 +634,8 @@ static void test_verification_phase_element_accepts(void **state)
 	 * the protocol rule still refuse, in the verification phase. */
 	assert_true(FIND(&g_p, "filter_output", "cmp eq reg 1 0x00000006 ", "ct load direction",
 			 "jump -> refuse") >= 0);
-	assert_true(FIND(&g_p, "filter_output", "cmp neq reg 1 0x00000011 ", "jump -> refuse") >= 0);
+	assert_true(FIND(&g_p, "filter_output", "cmp neq reg 1 0x00000011 ", "jump -> refuse") >=
+		    0);
 	assert_true(FIND(&g_p, "deny_output", "set deny4", "jump -> refuse") >= 0);
 }
 
@@ -790,6 +797,8 @@ static int nft_delete_rule(const char *what)
 	return system(line);
 }
 
+#define LIST_ICADDR "nft list set inet egressd icaddr"
+
 static int lifecycle(struct child_ctx *cx, void *arg)
 {
 	struct pollfd pfd = { .events = POLLIN };
@@ -877,14 +886,14 @@ static int lifecycle(struct child_ctx *cx, void *arg)
 		CHECK(cx, egd_nft_icaddr_add(&ip6, 30) == 0, "icaddr_add v6");
 		CHECK(cx, egd_nft_icaddr_add(&mapped, 30) == 0, "icaddr_add v4-mapped");
 		CHECK(cx, egd_nft_icaddr_add(&ip4, 0) == -EINVAL, "icaddr_add ttl 0");
-		CHECK(cx, system("nft list set inet egressd icaddr4 | grep -q "
-				 "'192.0.2.7 timeout 1m expires'") == 0,
+		CHECK(cx, system(LIST_ICADDR "4 | grep -q '192.0.2.7 timeout 1m expires'") == 0,
 		      "v4 element with its new timeout");
-		CHECK(cx, system("nft list set inet egressd icaddr4 | grep -q '192.0.2.8 timeout'") == 0,
+		CHECK(cx, system(LIST_ICADDR "4 | grep -q '192.0.2.8 timeout'") == 0,
 		      "v4-mapped element in the v4 set");
-		CHECK(cx, system("nft list set inet egressd icaddr6 | grep -q '2001:db8::7 timeout'") == 0,
+		CHECK(cx, system(LIST_ICADDR "6 | grep -q '2001:db8::7 timeout'") == 0,
 		      "v6 element");
-		CHECK(cx, egd_nft_verify(&c, EGD_PHASE_AGENT) == 0, "verify with intercept addresses");
+		CHECK(cx, egd_nft_verify(&c, EGD_PHASE_AGENT) == 0,
+		      "verify with intercept addresses");
 	}
 
 	CHECK(cx, nft_cmd("add table inet egressd { flags dormant; }") == 0, "nft dormant");

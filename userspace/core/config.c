@@ -88,7 +88,7 @@ static const struct opt opts[] = {
 	{ "audit-log", "EGRESSD_AUDIT_LOG", "", OPT_PATH, OFF(audit_log), 0, 0,
 	  "decision lines go here instead of stdout" },
 	{ "resolvers", "EGRESSD_RESOLVERS", "nameservers of /etc/resolv.conf", OPT_IPLIST, 0, 0, 0,
-	  "DNS servers allowed in the agent phase, comma list (nft mode, exec)" },
+	  "DNS servers, comma list (BPF mode: allowed to the agent in the agent phase; exec)" },
 	{ "deny-cidrs", "EGRESSD_DENY_CIDRS", "", OPT_CIDRLIST, 0, 0, 0,
 	  "CIDRs the agent never reaches, in both phases, added to the built-in "
 	  "169.254.0.0/16, fe80::/10, fd00:ec2::254/128, 100.100.100.200/32, 0.0.0.0/8, "

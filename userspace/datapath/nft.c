@@ -721,8 +721,10 @@ static void build_deny(struct model *m, const struct egd_nft_config *cfg)
 	/* ff02::1:ff00:0/104 and ff02::16 are multicast: the link's own
 	 * ICMPv6 must pass before the multicast deny. */
 	link_needs(m, CHAIN_DENY);
-	refuse_daddr(m, CHAIN_DENY, NFPROTO_IPV4, 0, SET_DENY4, SETID_DENY4, EGD_NFT_CNT_DENIED_DST);
-	refuse_daddr(m, CHAIN_DENY, NFPROTO_IPV6, 0, SET_DENY6, SETID_DENY6, EGD_NFT_CNT_DENIED_DST);
+	refuse_daddr(m, CHAIN_DENY, NFPROTO_IPV4, 0, SET_DENY4, SETID_DENY4,
+		     EGD_NFT_CNT_DENIED_DST);
+	refuse_daddr(m, CHAIN_DENY, NFPROTO_IPV6, 0, SET_DENY6, SETID_DENY6,
+		     EGD_NFT_CNT_DENIED_DST);
 }
 
 /* Flows that hosts outside open to a daemon listener (a probe of the admin
@@ -936,6 +938,14 @@ struct range {
 	bool top;
 };
 
+/* Byte @i of the netmask of a /@prefix. */
+static uint8_t prefix_mask(int prefix, int i)
+{
+	int keep = prefix - 8 * i;
+
+	return keep >= 8 ? 0xff : keep <= 0 ? 0 : (uint8_t)(0xff << (8 - keep));
+}
+
 static void cidr_range(const struct egd_nft_cidr *c, size_t len, struct range *r)
 {
 	size_t i;
@@ -943,8 +953,7 @@ static void cidr_range(const struct egd_nft_cidr *c, size_t len, struct range *r
 
 	memset(r, 0, sizeof(*r));
 	for (i = 0; i < len; i++) {
-		int bits = (int)c->prefix - 8 * (int)i;
-		uint8_t mask = bits >= 8 ? 0xff : bits <= 0 ? 0 : (uint8_t)(0xff << (8 - bits));
+		uint8_t mask = prefix_mask(c->prefix, (int)i);
 
 		r->start[i] = c->addr[i] & mask;
 		r->end[i] = r->start[i] | (uint8_t)~mask;
@@ -2125,10 +2134,7 @@ int egd_nft_parse_cidrs(const char *s, struct egd_nft_cidr *out, int max)
 		c.prefix = (uint8_t)prefix;
 		/* Host bits set: 10.0.0.1/8 is a typo for something. */
 		for (i = 0; i < bits / 8; i++) {
-			int keep = (int)prefix - 8 * i;
-			uint8_t mask = keep >= 8 ? 0xff : keep <= 0 ? 0 : (uint8_t)(0xff << (8 - keep));
-
-			if (c.addr[i] & ~mask)
+			if (c.addr[i] & ~prefix_mask((int)prefix, i))
 				return -EINVAL;
 		}
 		out[n++] = c;

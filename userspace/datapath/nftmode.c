@@ -47,8 +47,8 @@ static int operator_lists(struct egd_nft_config *nc)
 
 	n = deny ? egd_nft_parse_cidrs(deny, nc->deny, EGD_NFT_DENY_MAX) : 0;
 	if (n < 0) {
-		egd_err("bad EGRESSD_DENY_CIDRS \"%s\": expected at most %d CIDRs (ADDR/LEN, no host "
-			"bits), comma separated",
+		egd_err("bad EGRESSD_DENY_CIDRS \"%s\": expected at most %d CIDRs (ADDR/LEN, "
+			"no host bits), comma separated",
 			deny, EGD_NFT_DENY_MAX);
 		return -EINVAL;
 	}
