@@ -894,6 +894,13 @@ static int lifecycle(struct child_ctx *cx, void *arg)
 		      "v6 element");
 		CHECK(cx, egd_nft_verify(&c, EGD_PHASE_AGENT) == 0,
 		      "verify with intercept addresses");
+		/* A reinstall keeps them, with what is left of their time. */
+		CHECK(cx, egd_nft_install(&c, EGD_PHASE_AGENT) == 0, "reinstall");
+		CHECK(cx, system(LIST_ICADDR "4 | grep -q '192.0.2.7 timeout'") == 0,
+		      "v4 element lost in a reinstall");
+		CHECK(cx, system(LIST_ICADDR "6 | grep -q '2001:db8::7 timeout'") == 0,
+		      "v6 element lost in a reinstall");
+		CHECK(cx, egd_nft_verify(&c, EGD_PHASE_AGENT) == 0, "verify after reinstall");
 	}
 
 	CHECK(cx, nft_cmd("add table inet egressd { flags dormant; }") == 0, "nft dormant");

@@ -172,6 +172,11 @@ enum set_id {
 	SETID_PHASE
 };
 
+/* Intercept addresses per family carried across a reinstall: they must fit
+ * one netlink message (a page, about 60 bytes each); an intercept host has a
+ * handful of addresses, and the policy DNS adds any other again. */
+#define ICADDR_CARRY_MAX 48
+
 /* CIDRs in one deny set: the built-in ones and the operator's. */
 #define DENY_CIDRS_MAX (EGD_NFT_DENY_MAX + 16)
 
@@ -1399,27 +1404,6 @@ static uint32_t batch_acks(const void *buf, size_t len)
 	return n;
 }
 
-int egd_nft_install(const struct egd_nft_config *cfg, enum egd_phase phase)
-{
-	char *buf;
-	int len, err;
-
-	buf = malloc(EGD_NFT_BATCH_MAX_BYTES);
-	if (!buf)
-		return -ENOMEM;
-	len = egd_nft_build(cfg, phase, buf, EGD_NFT_BATCH_MAX_BYTES);
-	if (len < 0) {
-		err = len;
-		goto out;
-	}
-	err = nl_send_batch(buf, len, batch_acks(buf, len));
-	if (err)
-		egd_err("nft: installing table inet %s: %s", EGD_NFT_TABLE, strerror(-err));
-out:
-	free(buf);
-	return err;
-}
-
 int egd_nft_set_phase(enum egd_phase phase)
 {
 	char *buf;
@@ -1996,6 +1980,89 @@ static int verify_model(struct mnl_socket *nl, const struct model *m)
 		err = verify_rules(nl, m);
 out:
 	dump_free(&d);
+	return err;
+}
+
+/*
+ * Carry the intercept addresses of the table being replaced into the new
+ * one, with what is left of their timeouts: a reinstall (after tampering, or
+ * a failed phase flip) must not reopen QUIC to them until the policy DNS
+ * answers again. Best effort: no table, no set, nothing to carry.
+ */
+static void carry_icaddrs(struct model *m)
+{
+	static const char *const names[] = { SET_ICADDR4, SET_ICADDR6 };
+	struct mnl_socket *nl = nl_open();
+	size_t i, j;
+
+	if (!nl)
+		return;
+	for (i = 0; i < m->n_sets; i++) {
+		struct nftnl_set_elems_iter *it;
+		struct nftnl_set_elem *e;
+		struct dump d;
+		int n = 0;
+
+		for (j = 0; j < 2; j++)
+			if (str_eq(nftnl_set_get_str(m->sets[i], NFTNL_SET_NAME), names[j]))
+				break;
+		if (j == 2)
+			continue;
+		if (nl_dump(nl, NFT_MSG_GETSETELEM, NLM_F_DUMP | NLM_F_ACK, NFT_MSG_NEWSETELEM,
+			    pl_setelem, m->sets[i], &d) || !d.n) {
+			dump_free(&d);
+			continue;
+		}
+		it = nftnl_set_elems_iter_create(d.items[0]);
+		while (it && (e = nftnl_set_elems_iter_next(it)) && n < ICADDR_CARRY_MAX) {
+			uint32_t klen;
+			const void *key = nftnl_set_elem_get(e, NFTNL_SET_ELEM_KEY, &klen);
+			uint64_t left = nftnl_set_elem_is_set(e, NFTNL_SET_ELEM_EXPIRATION) ?
+						nftnl_set_elem_get_u64(e, NFTNL_SET_ELEM_EXPIRATION) :
+						0;
+			struct nftnl_set_elem *c;
+
+			if (!key || !left)
+				continue;
+			c = set_elem(m, m->sets[i], key, klen, NFT_CONTINUE, NULL);
+			if (c)
+				nftnl_set_elem_set_u64(c, NFTNL_SET_ELEM_TIMEOUT, left);
+			n++;
+		}
+		if (it)
+			nftnl_set_elems_iter_destroy(it);
+		dump_free(&d);
+	}
+	mnl_socket_close(nl);
+}
+
+int egd_nft_install(const struct egd_nft_config *cfg, enum egd_phase phase)
+{
+	struct batch bt;
+	struct model m;
+	char *buf;
+	int len, err;
+
+	err = model_build(&m, cfg, phase);
+	if (err)
+		return err;
+	carry_icaddrs(&m);
+	buf = malloc(EGD_NFT_BATCH_MAX_BYTES);
+	if (!buf) {
+		err = -ENOMEM;
+		goto out_free;
+	}
+	err = m.err ? m.err : batch_start(&bt, buf, EGD_NFT_BATCH_MAX_BYTES);
+	if (!err) {
+		batch_install(&bt, &m);
+		len = batch_finish(&bt);
+		err = len < 0 ? len : nl_send_batch(buf, len, batch_acks(buf, len));
+	}
+	if (err)
+		egd_err("nft: installing table inet %s: %s", EGD_NFT_TABLE, strerror(-err));
+	free(buf);
+out_free:
+	model_free(&m);
 	return err;
 }
 
