@@ -23,7 +23,8 @@
  *       There is no blanket "established" accept: every packet of the agent
  *       is judged by the phase in force when it is sent, so a re-lock stops
  *       every flow the verification phase let out (UDP, replies on inbound
- *       flows, loopback) at its next packet. In order: the daemon; flows
+ *       flows, loopback) at its next packet. In order: the daemon (its
+ *       sockets, and flows bearing its conntrack mark); flows
  *       our nat chain redirected (ct status dnat: they keep it for life, in
  *       both directions); the link's ICMPv6; ICMP errors on loopback (ct
  *       related); every protocol but TCP and UDP refused; direct dials to
@@ -735,7 +736,11 @@ static void build_deny(struct model *m, const struct egd_nft_config *cfg)
 /* Flows that hosts outside open to a daemon listener (a probe of the admin
  * port, the proxy's HTTP listener): stamped at the door, so that the
  * listener's answers (see daemon_exempt()) leave in the agent phase, while
- * the agent's own answers to inbound flows do not. */
+ * the agent's own answers to inbound flows do not. The mark follows the
+ * kernel's socket lookup: an agent that shared a daemon listener's port on a
+ * non-loopback address (SO_REUSEPORT under the daemon's uid, SO_REUSEADDR on
+ * UDP) could answer through it, so the agent runs under another uid and the
+ * listeners stay on loopback unless they must not. */
 static void build_input(struct model *m, const struct egd_nft_config *cfg)
 {
 	chain_new(m, CHAIN_INPUT, "filter", NF_INET_LOCAL_IN, FILTER_INPUT_PRIORITY, NF_ACCEPT);
