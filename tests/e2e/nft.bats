@@ -178,7 +178,11 @@ nothing_reached() {
 	run agent unshare --mount sh -c \
 		"mount --bind $T/resolv.conf /etc/resolv.conf && getent ahostsv4 glibc.attacker.example"
 	[[ "$output" == 192.0.2.53* ]]
+	run agent unshare --mount sh -c "mount --bind $T/resolv.conf /etc/resolv.conf && python3 -c \
+		'import socket; print(socket.getaddrinfo(\"py.attacker.example\", 443, socket.AF_INET)[0][4][0])'"
+	[ "$output" = 192.0.2.53 ]
 	grep -q '"qname": "tcp-agent.exfil.attacker.example", "transport": "tcp"' "$T/dns.log"
+	grep -q '"qname": "py.attacker.example"' "$T/dns.log"
 	grep -q '"qname": "udp-verification.exfil.attacker.example", "transport": "udp"' "$T/dns.log"
 	grep -q '"qname": "dig-tcp.attacker.example", "transport": "tcp"' "$T/dns.log"
 	grep -q '"qname": "glibc.attacker.example"' "$T/dns.log"
