@@ -37,7 +37,8 @@ static void clear_env(void)
 					    "OPENROUTER_UPSTREAM_API_KEY",
 					    "EGRESSD_PROXY_HTTP_LISTEN", "PROVIDER_ALLOW_FALLBACKS",
 					    "BUDGET_RESERVE_USD",     "UPSTREAM_TIMEOUT_S",
-					    "EVALUATION_RUN_ID",      "PROXY_DATA_DIR" };
+					    "EVALUATION_RUN_ID",      "PROXY_DATA_DIR",
+					    "EGRESSD_DENY_CIDRS",     "EGRESSD_LOOPBACK_ALLOW" };
 
 	for (size_t i = 0; i < sizeof(vars) / sizeof(vars[0]); i++)
 		unsetenv(vars[i]);
@@ -103,6 +104,9 @@ static void test_bad_values_are_refused(void **state)
 		{ "EGRESSD_MODE", "magic" },	    { "UPSTREAM_BASE_URL", "https://" },
 		/* The proxy ignores a path; both readers of the URL refuse it. */
 		{ "UPSTREAM_BASE_URL", "https://llm.example.org/api/v1" },
+		/* Host bits below the prefix: a typo, not a wider range. */
+		{ "EGRESSD_DENY_CIDRS", "10.0.0.1/8" }, { "EGRESSD_DENY_CIDRS", "metadata" },
+		{ "EGRESSD_LOOPBACK_ALLOW", "0" },	 { "EGRESSD_LOOPBACK_ALLOW", "http" },
 	};
 	struct egd_config_run c;
 
@@ -430,6 +434,22 @@ static void test_resolvers_flag(void **state)
 	clear_env();
 }
 
+static void test_deny_cidrs_and_loopback_allow_flags(void **state)
+{
+	char *good[] = { "--deny-cidrs=10.96.0.1/32,fd00::/8", "--loopback-allow", "8000,9000" };
+	struct egd_config_run c;
+
+	(void)state;
+	clear_env();
+	setenv("EGRESSD_DENY_CIDRS", "192.0.2.0/24", 1);
+	assert_int_equal(egd_config_load(&c, 3, good), 0);
+	assert_string_equal(egd_config_get("EGRESSD_DENY_CIDRS"), "10.96.0.1/32,fd00::/8");
+	assert_string_equal(egd_config_get("EGRESSD_LOOPBACK_ALLOW"), "8000,9000");
+	assert_int_equal(egd_config_load(&c, 0, NULL), 0);
+	assert_string_equal(egd_config_get("EGRESSD_DENY_CIDRS"), "192.0.2.0/24");
+	clear_env();
+}
+
 /* egressd help names every setting of the proxy, flag and variable. */
 static void test_usage_lists_proxy_settings(void **state)
 {
@@ -474,6 +494,7 @@ int main(void)
 		cmocka_unit_test(test_intercept_host_follows_upstream_base_url),
 		cmocka_unit_test(test_flag_wins_over_environment),
 		cmocka_unit_test(test_bad_values_are_refused),
+		cmocka_unit_test(test_deny_cidrs_and_loopback_allow_flags),
 		cmocka_unit_test(test_out_of_range_names_its_range),
 		cmocka_unit_test(test_proxy_shown_defaults_are_the_real_ones),
 		cmocka_unit_test(test_unknown_flag_is_refused),
