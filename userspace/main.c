@@ -17,13 +17,20 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <getopt.h>
+#include <libgen.h>
 #include <limits.h>
+#include <linux/capability.h>
 #include <poll.h>
+#include <sched.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mount.h>
+#include <sys/prctl.h>
 #include <sys/stat.h>
+#include <sys/statvfs.h>
+#include <sys/syscall.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -63,6 +70,40 @@ static int resolvers_from_env(const char *spec, struct egd_addr *out, int max)
 		return n;
 	}
 	return egd_resolvers_from_file("/etc/resolv.conf", out, max);
+}
+
+/*
+ * An exempt cgroup that is the attached one, or one of its ancestors, frees
+ * the agent: its processes are the sandbox, and an agent that can move
+ * itself up the tree lands in it. Refused. A cgroup inside the attached one
+ * (the tests' $CG/daemon, a pod's sidecar container) is allowed, since it is
+ * named here on purpose.
+ */
+static int check_exempt(const char *cgroup, const char *const *exempt, size_t n)
+{
+	char cg[PATH_MAX], ex[PATH_MAX];
+
+	if (!realpath(cgroup, cg)) {
+		egd_err("cgroup %s: %s", cgroup, strerror(errno));
+		return -errno;
+	}
+	for (size_t i = 0; i < n; i++) {
+		enum egd_cgroup_rel rel;
+
+		if (!realpath(exempt[i], ex)) {
+			egd_err("exempt cgroup %s: %s", exempt[i], strerror(errno));
+			return -errno;
+		}
+		rel = egd_cgroup_relation(ex, cg);
+		if (rel == EGD_CG_SAME || rel == EGD_CG_ANCESTOR) {
+			egd_err("refusing --exempt-cgroup %s: it %s the attached cgroup %s, so the "
+				"agent would go uncaptured; exempt a cgroup outside the sandbox (or "
+				"a child of it made for the daemon)",
+				ex, egd_cgroup_rel_words(rel), cg);
+			return -EPERM;
+		}
+	}
+	return 0;
 }
 
 static int cmd_attach(int argc, char **argv)
@@ -120,6 +161,8 @@ static int cmd_attach(int argc, char **argv)
 	if (n < 0)
 		return 2;
 	o.exempt = exempt;
+	if (check_exempt(o.cgroup, exempt, o.n_exempt))
+		return 2;
 	o.resolvers = res;
 	o.n_resolvers = (size_t)n;
 	return egd_bpf_attach(&o) ? 1 : 0;
@@ -290,21 +333,28 @@ static void forward_signal(int sig)
 		kill(forward_to, sig);
 }
 
-static pid_t start_daemon(const char *pin, int argc, char **argv, int ready_w, int audit_to_stderr)
+static pid_t start_daemon(const char *pin, const char *cgroup, int argc, char **argv, int ready_w,
+			  int audit_to_stderr)
 {
 	pid_t pid = fork();
 
 	if (pid != 0)
 		return pid;
-	/* Child: become `egressd run`. */
+	/* Child: become `egressd run`, in the cgroup attach exempted for it. */
 	char fdbuf[16], pinflag[PATH_MAX + 8];
 	char **args = calloc((size_t)argc + 5, sizeof(*args));
-	int n = 0;
+	int n = 0, err = egd_cgroup_enter(cgroup, getpid());
 
+	if (err) {
+		egd_err("entering %s: %s", cgroup, strerror(-err));
+		_exit(127);
+	}
 	if (!args)
 		_exit(127);
 	snprintf(fdbuf, sizeof(fdbuf), "%d", ready_w);
 	setenv("EGRESSD_READY_FD", fdbuf, 1);
+	/* The command will not see the sentinel's directory (sandbox_mounts). */
+	setenv("EGRESSD_SENTINEL_HIDDEN", "1", 1);
 	snprintf(pinflag, sizeof(pinflag), "--pin=%s", pin);
 	args[n++] = "egressd";
 	args[n++] = "run";
@@ -376,9 +426,211 @@ static void hide_secrets_from_child(void)
 		unsetenv(secrets[i]);
 }
 
+/*
+ * The command's own mount namespace. A root command could otherwise create
+ * the sentinel itself, write another cgroup's cgroup.procs to leave the
+ * sandbox, or unlink the pinned links. So, in a namespace of its own:
+ * every bpffs is covered by an empty read-only tmpfs (the pins are absent),
+ * every cgroup filesystem is read-only, and the sentinel's directory is
+ * hidden: a directory others may write (/tmp) is replaced by an empty
+ * private tmpfs, as systemd's PrivateTmp= does, any other is made
+ * read-only, so the command still reads what is there (its scripts, the CA)
+ * but creates nothing. Then the capabilities that would undo this, or reach
+ * around it, leave the command's bounding set.
+ */
+
+/* A mountinfo line is far shorter; longer ones are skipped (and stay as
+ * they are, which for the few kinds we act on never happens). */
+#define MOUNTINFO_LINE_MAX_BYTES 8192
+
+/*
+ * Dropped for the command, each a way around the namespace above:
+ * SYS_ADMIN mounts, unmounts, remounts and setns() (and bpf() with
+ * unprivileged BPF off); BPF the rest of bpf(); SYS_PTRACE reaching into the
+ * exempt daemon, or through /proc/PID/root into another mount namespace;
+ * SYS_MODULE and SYS_RAWIO the kernel itself; NET_ADMIN tun devices, whose
+ * packets no socket hook sees. A root command keeps the others (it is root
+ * on the host all the same: README says what that still allows).
+ */
+static const int exec_dropped_caps[] = { CAP_SYS_ADMIN,	 CAP_BPF,	CAP_SYS_PTRACE,
+					 CAP_SYS_MODULE, CAP_SYS_RAWIO, CAP_NET_ADMIN };
+
+/* Hand-written rather than with libcap: three system calls, and the daemon
+ * needs libcap nowhere else. */
+static int drop_caps(void)
+{
+	struct __user_cap_header_struct h = { .version = _LINUX_CAPABILITY_VERSION_3 };
+	struct __user_cap_data_struct c[_LINUX_CAPABILITY_U32S_3];
+	size_t n = sizeof(exec_dropped_caps) / sizeof(exec_dropped_caps[0]);
+
+	for (size_t i = 0; i < n; i++)
+		/* EINVAL: a kernel that does not know the capability (CAP_BPF
+		 * before 5.8) cannot grant it either. */
+		if (prctl(PR_CAPBSET_DROP, exec_dropped_caps[i], 0, 0, 0) && errno != EINVAL)
+			return -errno;
+	if (prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0) && errno != EINVAL)
+		return -errno;
+	if (syscall(SYS_capget, &h, c))
+		return -errno;
+	for (size_t i = 0; i < n; i++) {
+		__u32 bit = 1u << (exec_dropped_caps[i] % 32);
+		int w = exec_dropped_caps[i] / 32;
+
+		c[w].effective &= ~bit;
+		c[w].permitted &= ~bit;
+		c[w].inheritable &= ~bit;
+	}
+	return syscall(SYS_capset, &h, c) ? -errno : 0;
+}
+
+/* Make the mount at @mp read-only in this namespace, keeping its other
+ * per-mount flags (a bind remount sets them all at once). */
+static int remount_ro(const char *mp)
+{
+	static const struct {
+		unsigned long st, ms;
+	} keep[] = { { ST_NOSUID, MS_NOSUID },	   { ST_NODEV, MS_NODEV },
+		     { ST_NOEXEC, MS_NOEXEC },	   { ST_NOATIME, MS_NOATIME },
+		     { ST_NODIRATIME, MS_NODIRATIME }, { ST_RELATIME, MS_RELATIME } };
+	unsigned long fl = MS_REMOUNT | MS_BIND | MS_RDONLY;
+	struct statvfs sv;
+
+	if (statvfs(mp, &sv))
+		return -errno;
+	for (size_t i = 0; i < sizeof(keep) / sizeof(keep[0]); i++)
+		if (sv.f_flag & keep[i].st)
+			fl |= keep[i].ms;
+	return mount(NULL, mp, NULL, fl, NULL) ? -errno : 0;
+}
+
+/* mountinfo writes space, tab, newline and backslash as \ooo. */
+static void unescape_octal(char *s)
+{
+	char *w = s;
+
+	for (; *s; s++) {
+		if (s[0] == '\\' && s[1] >= '0' && s[1] <= '3' && s[2] >= '0' && s[2] <= '7' &&
+		    s[3] >= '0' && s[3] <= '7') {
+			*w++ = (char)((s[1] - '0') * 64 + (s[2] - '0') * 8 + (s[3] - '0'));
+			s += 3;
+		} else {
+			*w++ = *s;
+		}
+	}
+	*w = '\0';
+}
+
+/* Cover every bpffs, make every cgroup filesystem read-only. The table is
+ * read whole first: the mounts made here would show up in it. */
+static int seal_kernel_mounts(void)
+{
+	char *buf = NULL, line[MOUNTINFO_LINE_MAX_BYTES];
+	size_t len = 0;
+	FILE *f = fopen("/proc/self/mountinfo", "re"), *mem;
+	int err = 0;
+
+	if (!f)
+		return -errno;
+	mem = open_memstream(&buf, &len);
+	if (!mem) {
+		fclose(f);
+		return -ENOMEM;
+	}
+	while (fgets(line, sizeof(line), f))
+		fputs(line, mem);
+	fclose(f);
+	if (fclose(mem))
+		return -ENOMEM;
+	for (char *save = NULL, *l = strtok_r(buf, "\n", &save); l && !err;
+	     l = strtok_r(NULL, "\n", &save)) {
+		char mp[PATH_MAX], fstype[64];
+		const char *dash = strstr(l, " - ");
+
+		if (!dash || sscanf(l, "%*s %*s %*s %*s %4095s", mp) != 1 ||
+		    sscanf(dash + 3, "%63s", fstype) != 1)
+			continue;
+		unescape_octal(mp);
+		if (strcmp(fstype, "bpf") == 0) {
+			if (mount("egressd-hidden", mp, "tmpfs",
+				  MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC, "size=4k,mode=0555"))
+				err = -errno;
+		} else if (strcmp(fstype, "cgroup2") == 0 || strcmp(fstype, "cgroup") == 0) {
+			err = remount_ro(mp);
+		} else {
+			continue;
+		}
+		/* Under a bpffs covered a moment ago: already out of reach. */
+		if (err == -ENOENT)
+			err = 0;
+		if (err)
+			egd_err("sealing %s (%s) for the command: %s", mp, fstype, strerror(-err));
+	}
+	free(buf);
+	return err;
+}
+
+static int hide_sentinel_dir(const char *dir)
+{
+	struct stat st;
+	int err;
+
+	if (stat(dir, &st))
+		return -errno;
+	if ((st.st_mode & (S_IWGRP | S_IWOTH)) || (st.st_uid != 0 && st.st_uid != geteuid())) {
+		if (mount("egressd-private", dir, "tmpfs", MS_NOSUID | MS_NODEV, "mode=1777"))
+			return -errno;
+		return 0;
+	}
+	/* Not recursive: mounts below it (a test's bpffs) stay out of sight. */
+	if (mount(dir, dir, NULL, MS_BIND, NULL))
+		return -errno;
+	err = remount_ro(dir);
+	return err;
+}
+
+/* In the command's child, before exec: see the comment above. @sentinel_dir
+ * is NULL when the phase is fixed. Any failure stops the command. */
+static int sandbox_mounts(const char *sentinel_dir)
+{
+	char cwd[PATH_MAX];
+	int err, have_cwd = getcwd(cwd, sizeof(cwd)) != NULL;
+
+	if (unshare(CLONE_NEWNS))
+		return -errno;
+	/* Slave: nothing done here reaches the host; the host's later mounts
+	 * still reach the command. */
+	if (mount(NULL, "/", NULL, MS_REC | MS_SLAVE, NULL))
+		return -errno;
+	err = seal_kernel_mounts();
+	if (!err && sentinel_dir) {
+		err = hide_sentinel_dir(sentinel_dir);
+		if (err)
+			egd_err("hiding the sentinel's directory %s: %s", sentinel_dir,
+				strerror(-err));
+	}
+	if (err)
+		return err;
+	/* The working directory still points at what the mounts cover. */
+	if (!have_cwd || chdir(cwd))
+		if (chdir("/"))
+			return -errno;
+	return drop_caps();
+}
+
+/* Remove exec's cgroup tree: the command's and the daemon's, then theirs. */
+static void destroy_exec_cgroups(const char *base, const char *agent, const char *daemon)
+{
+	const char *cgs[] = { agent, daemon, base };
+
+	for (size_t i = 0; i < 3; i++)
+		if (egd_cgroup_destroy(cgs[i]))
+			egd_warn("removing cgroup %s: %s", cgs[i], strerror(errno));
+}
+
 static int cmd_exec(int argc, char **argv)
 {
-	char cg_root[PATH_MAX], cg[PATH_MAX], self_cg[PATH_MAX], pin[PATH_MAX];
+	char cg_root[PATH_MAX], base[PATH_MAX], cg[PATH_MAX + 8], daemon_cg[PATH_MAX + 8];
+	char pin[PATH_MAX], sentinel_dir[PATH_MAX], *sentinel_arg = NULL;
 	struct egd_addr res[EGD_RESOLVERS_MAX_ENTRIES];
 	const char *exempt[1];
 	struct egd_attach_opts o = { 0 };
@@ -420,25 +672,45 @@ static int cmd_exec(int argc, char **argv)
 	if (egd_config_load(&check, run_argc, run_argv) || check_proxy_settings(&check))
 		return 2;
 	egd_log_set_level(check.log_level);
+	/* The directory the command must not write in: the daemon checks the
+	 * rest of the rule when it starts. */
+	if (check.phase_source == EGD_PHASE_FROM_SENTINEL) {
+		sentinel_arg = strdup(check.sentinel);
+		if (!sentinel_arg || !realpath(dirname(sentinel_arg), sentinel_dir)) {
+			egd_err("sentinel %s: its directory: %s", check.sentinel, strerror(errno));
+			free(sentinel_arg);
+			return 2;
+		}
+		free(sentinel_arg);
+		if (strcmp(sentinel_dir, "/") == 0) {
+			egd_err("sentinel %s: exec cannot hide / from the command; put the sentinel "
+				"in a directory of its own",
+				check.sentinel);
+			return 2;
+		}
+	}
 
 	if (egd_cgroup2_root(cg_root, sizeof(cg_root))) {
 		egd_err("no cgroup2 hierarchy mounted (see /proc/mounts)");
 		return 1;
 	}
-	snprintf(cg, sizeof(cg), "%s/egressd-exec-%d", cg_root, getpid());
+	/* One tree: the command's cgroup (attached) and, beside it, the
+	 * daemon's (exempt). exec's own cgroup is neither: exempting it would
+	 * exempt an ancestor of the sandbox when exec runs in the root. */
+	snprintf(base, sizeof(base), "%s/egressd-exec-%d", cg_root, getpid());
+	snprintf(cg, sizeof(cg), "%s/agent", base);
+	snprintf(daemon_cg, sizeof(daemon_cg), "%s/daemon", base);
 	if (getenv("EGRESSD_PIN_DIR"))
 		snprintf(pin, sizeof(pin), "%s", getenv("EGRESSD_PIN_DIR"));
 	else
 		snprintf(pin, sizeof(pin), "/sys/fs/bpf/egressd-exec-%d", getpid());
-	if (mkdir(cg, 0755)) {
-		egd_err("creating cgroup %s: %s", cg, strerror(errno));
-		return 1;
+	if (mkdir(base, 0755) || mkdir(cg, 0755) || mkdir(daemon_cg, 0755)) {
+		egd_err("creating cgroups under %s: %s", base, strerror(errno));
+		goto out_cgroup;
 	}
-	if (egd_cgroup_of_pid(0, self_cg, sizeof(self_cg)) == 0) {
-		exempt[0] = self_cg;
-		o.exempt = exempt;
-		o.n_exempt = 1;
-	}
+	exempt[0] = daemon_cg;
+	o.exempt = exempt;
+	o.n_exempt = 1;
 	n = resolvers_from_env(egd_config_get("EGRESSD_RESOLVERS"), res, EGD_RESOLVERS_MAX_ENTRIES);
 	if (n < 0)
 		goto out_cgroup;
@@ -454,7 +726,7 @@ static int cmd_exec(int argc, char **argv)
 		goto out_detach;
 	fcntl(ready[1], F_SETFD, 0); /* the daemon inherits the write end */
 	fflush(NULL);
-	daemon = start_daemon(pin, run_argc, run_argv, ready[1], !audit_flag);
+	daemon = start_daemon(pin, daemon_cg, run_argc, run_argv, ready[1], !audit_flag);
 	close(ready[1]);
 	if (daemon < 0 || wait_ready(ready[0], daemon)) {
 		close(ready[0]);
@@ -471,6 +743,13 @@ static int cmd_exec(int argc, char **argv)
 
 		if (err) {
 			egd_err("entering %s: %s", cg, strerror(-err));
+			_exit(126);
+		}
+		err = sandbox_mounts(check.phase_source == EGD_PHASE_FROM_SENTINEL ? sentinel_dir :
+										       NULL);
+		if (err) {
+			egd_err("setting up the command's mount namespace: %s; not running it",
+				strerror(-err));
 			_exit(126);
 		}
 		execvp(argv[sep + 1], argv + sep + 1);
@@ -496,8 +775,7 @@ out_daemon:
 out_detach:
 	egd_bpf_detach(pin);
 out_cgroup:
-	if (egd_cgroup_destroy(cg))
-		egd_warn("removing cgroup %s: %s", cg, strerror(errno));
+	destroy_exec_cgroups(base, cg, daemon_cg);
 	free(run_argv);
 	return rc;
 }

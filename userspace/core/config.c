@@ -49,6 +49,15 @@ static const struct opt opts[] = {
 	  "present = verification phase" },
 	{ "phase", "EGRESSD_PHASE", "sentinel", OPT_PHASE, 0, 0, 0,
 	  "sentinel (follow the file), or a fixed agent|verification" },
+	/* Set by `egressd exec` for its own daemon: the command runs in a
+	 * mount namespace where the sentinel's directory is hidden. */
+	{ "sentinel-hidden", "EGRESSD_SENTINEL_HIDDEN", "0", OPT_UINT, OFF(sentinel_hidden), 0, 1,
+	  "1: the sandbox cannot see the sentinel's directory (its own mount namespace hides "
+	  "it; exec sets this), so a directory others can write is accepted" },
+	{ "allow-exempt-in-attached", "EGRESSD_ALLOW_EXEMPT_IN_ATTACHED", "0", OPT_UINT,
+	  OFF(allow_exempt_in_attached), 0, 1,
+	  "1: exempt the daemon's own cgroup even inside the attached cgroup (pod mode's "
+	  "sidecar only; never the attached cgroup itself or an ancestor)" },
 	{ "upstream-base-url", "UPSTREAM_BASE_URL", EGD_UPSTREAM_BASE_URL_DEFAULT, OPT_URL_HOSTLIST,
 	  OFF(policy.intercept), 0, 0, "the LLM gateway; its host is intercepted by default" },
 	{ "intercept-hosts", "EGRESSD_INTERCEPT_HOSTS", NULL, OPT_HOSTLIST, OFF(policy.intercept), 0,

@@ -36,6 +36,8 @@ struct egd_config_run {
 	char sentinel[PATH_MAX];
 	enum egd_phase_source phase_source;
 	enum egd_phase fixed_phase;
+	unsigned int sentinel_hidden;	       /* EGRESSD_SENTINEL_HIDDEN */
+	unsigned int allow_exempt_in_attached; /* EGRESSD_ALLOW_EXEMPT_IN_ATTACHED */
 	struct egd_policy policy;
 	struct egd_addr intercept_upstream; /* family 0: the embedded proxy */
 	unsigned int first_byte_ms;

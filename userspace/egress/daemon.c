@@ -14,6 +14,7 @@
 #include "core/resolve.h"
 
 #include <arpa/inet.h>
+#include <bpf/bpf.h>
 #include <errno.h>
 #include <netinet/in.h>
 #include <signal.h>
@@ -189,26 +190,88 @@ static int setup_signals(struct egd_daemon *d)
 	return egd_loop_add(d->loop, &d->signals, EPOLLIN);
 }
 
+/*
+ * The daemon exempts the cgroup it runs in, by id. Started by mistake in the
+ * sandbox's cgroup, or above it (where an agent that moves itself up goes
+ * free), that would exempt the agent: refused. A cgroup inside the attached
+ * one is how the tests and pod mode lay things out; it is exempted only when
+ * `attach --exempt-cgroup` named it already, or when the operator says so
+ * (EGRESSD_ALLOW_EXEMPT_IN_ATTACHED, for pod mode's sidecar, whose container
+ * cgroup is a child of the pod cgroup). Never implicitly.
+ */
+static int exempt_self(struct egd_daemon *d)
+{
+	char self[PATH_MAX], root[PATH_MAX], att[PATH_MAX] = "";
+	enum egd_cgroup_rel rel;
+	uint64_t att_id;
+	__u8 v;
+	int err, listed;
+
+	if (egd_cgroup_of_pid(0, self, sizeof(self)) ||
+	    egd_cgroup_id(self, &d->self_cgroup_id)) {
+		egd_warn("cannot tell the daemon's own cgroup; relying on attach's exemptions");
+		return 0;
+	}
+	err = egd_cgroup_attached_id(d->cfg.pin_dir, &att_id);
+	if (err) {
+		egd_err("cannot tell which cgroup the programs under %s are attached to (%s); "
+			"not exempting the daemon's own cgroup %s blindly",
+			d->cfg.pin_dir, strerror(-err), self);
+		return err;
+	}
+	if (att_id == d->self_cgroup_id)
+		rel = EGD_CG_SAME;
+	else if (egd_cgroup2_root(root, sizeof(root)) == 0 &&
+		 egd_cgroup_path_of_id(root, att_id, att, sizeof(att)) == 0)
+		rel = egd_cgroup_relation(self, att);
+	else
+		rel = EGD_CG_DESCENDANT; /* unknown: treated as the riskier case it may be */
+	if (!att[0])
+		snprintf(att, sizeof(att), "(id %llu, outside this cgroup view)",
+			 (unsigned long long)att_id);
+	listed = bpf_map_lookup_elem(d->bpf.exempt_fd, &d->self_cgroup_id, &v) == 0;
+
+	if (rel == EGD_CG_SAME || rel == EGD_CG_ANCESTOR) {
+		egd_err("refusing to exempt the daemon's own cgroup %s: it %s the sandbox's "
+			"attached cgroup %s, so the agent would go uncaptured. Start egressd run "
+			"in a cgroup outside the sandbox",
+			self, egd_cgroup_rel_words(rel), att);
+		return -EPERM;
+	}
+	if (rel == EGD_CG_DESCENDANT && listed) {
+		egd_info("own cgroup %s lies inside the attached cgroup %s and was exempted at "
+			 "attach", self, att);
+		return 0;
+	}
+	if (rel == EGD_CG_DESCENDANT && !d->cfg.allow_exempt_in_attached) {
+		egd_err("refusing to exempt the daemon's own cgroup %s: it lies inside the "
+			"sandbox's attached cgroup %s and attach did not exempt it. Name it with "
+			"attach --exempt-cgroup, or start egressd run outside the sandbox "
+			"(pod mode's sidecar: EGRESSD_ALLOW_EXEMPT_IN_ATTACHED=1)",
+			self, att);
+		return -EPERM;
+	}
+	if (rel == EGD_CG_DESCENDANT)
+		egd_warn("exempting own cgroup %s inside the attached cgroup %s "
+			 "(EGRESSD_ALLOW_EXEMPT_IN_ATTACHED)", self, att);
+	err = egd_bpf_exempt_add(&d->bpf, d->self_cgroup_id);
+	if (err)
+		egd_err("exempting own cgroup %s: %s", self, strerror(-err));
+	return err;
+}
+
 static int setup_bpf(struct egd_daemon *d)
 {
 	struct egd_config c;
-	char self[PATH_MAX];
 	int err;
 
 	err = egd_bpf_open(&d->bpf, d->cfg.pin_dir);
 	if (err)
 		return err;
-	/* The daemon must never capture itself, wherever it was started. */
-	if (egd_cgroup_of_pid(0, self, sizeof(self)) == 0 &&
-	    egd_cgroup_id(self, &d->self_cgroup_id) == 0) {
-		err = egd_bpf_exempt_add(&d->bpf, d->self_cgroup_id);
-		if (err) {
-			egd_err("exempting own cgroup %s: %s", self, strerror(-err));
-			return err;
-		}
-	} else {
-		egd_warn("cannot tell the daemon's own cgroup; relying on attach's exemptions");
-	}
+	/* The daemon must never capture itself, nor free the agent. */
+	err = exempt_self(d);
+	if (err)
+		return err;
 	err = egd_bpf_get_config(&d->bpf, &c);
 	if (err)
 		return err;

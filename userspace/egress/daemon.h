@@ -9,6 +9,8 @@
 
 #include <pthread.h>
 #include <stdint.h>
+#include <sys/types.h>
+#include <time.h>
 
 #include "core/config.h"
 #include "core/loop.h"
@@ -86,6 +88,16 @@ struct egd_daemon {
 	struct egd_watch nft_monitor;
 	struct egd_timer phase_poll;
 	int inotify_wd;
+	/* The sentinel's directory as checked at start: a directory found
+	 * there later under another identity was swapped in, not trusted. */
+	char sentinel_dir[PATH_MAX];
+	dev_t sentinel_dir_dev;
+	ino_t sentinel_dir_ino;
+	/* The last sentinel ignored (inode, owner, change time), so the poll
+	 * reports each one once. */
+	ino_t ignored_ino;
+	uid_t ignored_uid;
+	time_t ignored_ctime;
 	uint64_t phase_changes;
 
 	/* The embedded policy proxy, one per worker; NULL when intercepted flows
@@ -117,6 +129,17 @@ int egd_capture_set_phase(struct egd_daemon *d, enum egd_phase p);
 const char *egd_capture_name(const struct egd_daemon *d);
 
 int egd_phase_start(struct egd_daemon *d);
+
+/*
+ * Whether @dir may hold the sentinel, for a daemon running as @uid. 0: it is
+ * private (owned by root or @uid, writable by no one else) and every
+ * directory above it is too, or sticky (/tmp), so nobody else can create,
+ * rename or replace anything on the way. 1: @dir itself is writable by
+ * someone else (group, world, another owner): fine only where the sandbox
+ * cannot see it. -errno: missing, not a directory, or a directory above it
+ * lets others replace it. @why says what is wrong, for the message.
+ */
+int egd_sentinel_dir_check(const char *dir, uid_t uid, char *why, size_t len);
 /* Set the phase everywhere it lives (BPF map, daemon) and act on it. */
 void egd_phase_set(struct egd_daemon *d, enum egd_phase p, const char *why);
 

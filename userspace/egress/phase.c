@@ -4,13 +4,24 @@
  * means agent. inotify on the sentinel's directory sees a file created later
  * at once; a slow poll backs it up (and replaces it when the directory does
  * not exist yet), so a missed event costs at most PHASE_POLL_MS.
+ *
+ * Only the platform may switch the phase, never the agent. So the sentinel's
+ * directory must be one the sandbox cannot write: private to root or the
+ * daemon's user (checked at start, with every directory above it), or, when
+ * others can write it (/tmp), one the sandbox does not see (the daemon's own
+ * mount namespace, a container, or `egressd exec`'s command, which gets the
+ * directory hidden). A sentinel owned by anyone but root or the daemon's
+ * user, or found in a directory swapped in after start, is ignored and
+ * audited.
  */
 #include "egress/daemon.h"
 #include "core/log.h"
 
 #include <errno.h>
+#include <jansson.h>
 #include <libgen.h>
 #include <limits.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/epoll.h>
 #include <sys/inotify.h>
@@ -22,11 +33,193 @@
 #define PHASE_POLL_MS 1000
 #define PHASE_POLL_NO_INOTIFY_MS 50
 
-static enum egd_phase sentinel_phase(const struct egd_daemon *d)
+/* The inode of the initial pid namespace (PROC_PID_INIT_INO in the kernel's
+ * include/linux/proc_ns.h, not exported to userspace): fixed, so a daemon can
+ * tell whether it runs in a pid namespace of its own. */
+#define PROC_PID_INIT_INO 0xEFFFFFFCU
+
+static int trusted_uid(uid_t owner, uid_t uid)
 {
+	return owner == 0 || owner == uid;
+}
+
+int egd_sentinel_dir_check(const char *dir, uid_t uid, char *why, size_t len)
+{
+	char path[PATH_MAX], *slash;
+	struct stat st;
+	int first = 1;
+
+	if (!realpath(dir, path)) {
+		snprintf(why, len, "%s: %s", dir, strerror(errno));
+		return -errno;
+	}
+	for (;;) {
+		if (stat(path, &st)) {
+			snprintf(why, len, "%s: %s", path, strerror(errno));
+			return -errno;
+		}
+		if (!S_ISDIR(st.st_mode)) {
+			snprintf(why, len, "%s is not a directory", path);
+			return -ENOTDIR;
+		}
+		if (first && (!trusted_uid(st.st_uid, uid) || (st.st_mode & (S_IWGRP | S_IWOTH)))) {
+			snprintf(why, len, "%s (owner uid %u, mode %04o) is writable by others", path,
+				 (unsigned int)st.st_uid, (unsigned int)(st.st_mode & 07777));
+			return 1;
+		}
+		/* Above it: another user who may write there (and is not held
+		 * back by the sticky bit) can rename the directory away and put
+		 * one of their own in its place. */
+		if (!first && (!trusted_uid(st.st_uid, uid) ||
+			       ((st.st_mode & (S_IWGRP | S_IWOTH)) && !(st.st_mode & S_ISVTX)))) {
+			snprintf(why, len,
+				 "%s, above the sentinel's directory, (owner uid %u, mode %04o) lets "
+				 "others replace it",
+				 path, (unsigned int)st.st_uid, (unsigned int)(st.st_mode & 07777));
+			return -EPERM;
+		}
+		if (strcmp(path, "/") == 0)
+			return 0;
+		slash = strrchr(path, '/');
+		if (slash == path)
+			slash[1] = '\0';
+		else
+			*slash = '\0';
+		first = 0;
+	}
+}
+
+/*
+ * Whether the host's processes see @dir (as the daemon sees it, @mine) as
+ * the same directory: 1 yes, 0 no, -errno when the daemon cannot tell. In a
+ * pid namespace of its own the daemon is in a container, whose /tmp is its
+ * own unless a volume shares it (the deployment's business: see
+ * deploy/compose/check.sh). In the host's pid namespace, pid 1's root shows
+ * the host's view.
+ */
+static int dir_shared_with_host(const char *dir, const struct stat *mine)
+{
+	char path[PATH_MAX + 16];
 	struct stat st;
 
-	return stat(d->cfg.sentinel, &st) == 0 ? EGD_PHASE_VERIFICATION : EGD_PHASE_AGENT;
+	if (stat("/proc/self/ns/pid", &st))
+		return -errno;
+	if (st.st_ino != PROC_PID_INIT_INO)
+		return 0;
+	snprintf(path, sizeof(path), "/proc/1/root%s", dir);
+	if (stat(path, &st))
+		return errno == ENOENT ? 0 : -errno;
+	return st.st_dev == mine->st_dev && st.st_ino == mine->st_ino;
+}
+
+/* One audit line for a sentinel that does not count, beside the decisions. */
+static void audit_ignored(const struct egd_daemon *d, const struct stat *st, const char *reason)
+{
+	char ts[40];
+	json_t *o;
+	char *line;
+
+	egd_timestamp(ts, sizeof(ts));
+	o = json_pack("{s:s, s:s, s:s, s:s, s:I, s:s, s:s}", "ts", ts, "event", "sentinel", "phase",
+		      egd_phase_name(d->phase), "path", d->cfg.sentinel, "uid",
+		      (json_int_t)st->st_uid, "verdict", "ignored", "reason", reason);
+	line = o ? json_dumps(o, JSON_COMPACT | JSON_ENSURE_ASCII) : NULL;
+	if (line) {
+		FILE *f = egd_audit_stream();
+
+		egd_audit_flush(); /* this thread's decisions first, in order */
+		flockfile(f);
+		fprintf(f, "%s\n", line);
+		fflush(f);
+		funlockfile(f);
+	}
+	free(line);
+	json_decref(o);
+}
+
+static void ignore(struct egd_daemon *d, const struct stat *st, const char *reason,
+		   const char *words)
+{
+	if (d->ignored_ino == st->st_ino && d->ignored_uid == st->st_uid &&
+	    d->ignored_ctime == st->st_ctime)
+		return;
+	d->ignored_ino = st->st_ino;
+	d->ignored_uid = st->st_uid;
+	d->ignored_ctime = st->st_ctime;
+	egd_warn("SECURITY: sentinel %s ignored: %s; staying in the %s phase", d->cfg.sentinel,
+		 words, egd_phase_name(d->phase));
+	audit_ignored(d, st, reason);
+}
+
+static enum egd_phase sentinel_phase(struct egd_daemon *d)
+{
+	struct stat st, dir;
+	char words[96];
+
+	if (lstat(d->cfg.sentinel, &st))
+		return EGD_PHASE_AGENT;
+	if (stat(d->sentinel_dir, &dir) || dir.st_dev != d->sentinel_dir_dev ||
+	    dir.st_ino != d->sentinel_dir_ino) {
+		ignore(d, &st, "directory-replaced",
+		       "its directory is not the one checked at start");
+		return EGD_PHASE_AGENT;
+	}
+	if (!trusted_uid(st.st_uid, geteuid())) {
+		snprintf(words, sizeof(words), "owned by uid %u, not root or the daemon's uid %u",
+			 (unsigned int)st.st_uid, (unsigned int)geteuid());
+		ignore(d, &st, "owner", words);
+		return EGD_PHASE_AGENT;
+	}
+	return EGD_PHASE_VERIFICATION;
+}
+
+/*
+ * At start: the sentinel's directory must exist and be out of the sandbox's
+ * reach (see the top of this file). Its path is resolved once, so a symlink
+ * swapped in later is not followed.
+ */
+static int check_sentinel_dir(struct egd_daemon *d)
+{
+	char dir[PATH_MAX], base[PATH_MAX], why[PATH_MAX + 128];
+	struct stat st;
+	int rc, shared;
+
+	snprintf(dir, sizeof(dir), "%s", d->cfg.sentinel);
+	snprintf(base, sizeof(base), "%s", d->cfg.sentinel);
+	rc = egd_sentinel_dir_check(dirname(dir), geteuid(), why, sizeof(why));
+	if (rc < 0) {
+		egd_err("sentinel %s: %s. The sentinel's directory must exist and be out of the "
+			"sandbox's reach",
+			d->cfg.sentinel, why);
+		return rc;
+	}
+	if (!realpath(dir, d->sentinel_dir) || stat(d->sentinel_dir, &st))
+		return -errno;
+	if (rc == 1) {
+		shared = d->cfg.sentinel_hidden ? 0 : dir_shared_with_host(d->sentinel_dir, &st);
+		if (shared) {
+			egd_err("sentinel %s: %s, and the sandbox may share it (%s), so an agent "
+				"could create the sentinel and open the network itself. Use a "
+				"directory only root or uid %u can write (e.g. --sentinel "
+				"/run/egressd/egress-unlocked), or run the daemon where the "
+				"directory is its own (a container's /tmp; egressd exec hides it "
+				"from its command)",
+				d->cfg.sentinel, why,
+				shared < 0 ? "the daemon cannot tell whether it does" :
+					     "this is the host's own directory",
+				(unsigned int)geteuid());
+			return -EPERM;
+		}
+		egd_info("sentinel %s: %s, but the sandbox does not see it (%s)", d->cfg.sentinel,
+			 why,
+			 d->cfg.sentinel_hidden ? "EGRESSD_SENTINEL_HIDDEN: egressd exec hides it" :
+						  "the daemon's own mount namespace");
+	}
+	d->sentinel_dir_dev = st.st_dev;
+	d->sentinel_dir_ino = st.st_ino;
+	snprintf(d->cfg.sentinel, sizeof(d->cfg.sentinel), "%s/%s",
+		 strcmp(d->sentinel_dir, "/") ? d->sentinel_dir : "", basename(base));
+	return 0;
 }
 
 void egd_phase_set(struct egd_daemon *d, enum egd_phase p, const char *why)
@@ -118,6 +311,9 @@ int egd_phase_start(struct egd_daemon *d)
 		/* egd_phase_set skips the BPF write when unchanged; force it. */
 		return egd_capture_set_phase(d, d->phase);
 	}
+	err = check_sentinel_dir(d);
+	if (err)
+		return err;
 	d->inotify.fd = inotify_init1(IN_NONBLOCK | IN_CLOEXEC);
 	d->inotify.cb = on_inotify;
 	d->inotify_wd = -1;
