@@ -219,11 +219,11 @@ static int exempt_self(struct egd_daemon *d)
 			d->cfg.pin_dir, strerror(-err), self);
 		return err;
 	}
-	if (att_id == d->self_cgroup_id)
-		rel = EGD_CG_SAME;
-	else if (egd_cgroup2_root(root, sizeof(root)) == 0 &&
-		 egd_cgroup_path_of_id(root, att_id, att, sizeof(att)) == 0)
+	if (egd_cgroup2_root(root, sizeof(root)) == 0 &&
+	    egd_cgroup_path_of_id(root, att_id, att, sizeof(att)) == 0)
 		rel = egd_cgroup_relation(self, att);
+	else if (att_id == d->self_cgroup_id)
+		rel = EGD_CG_SAME;
 	else
 		rel = EGD_CG_DESCENDANT; /* unknown: treated as the riskier case it may be */
 	if (!att[0])
