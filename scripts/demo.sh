@@ -81,7 +81,10 @@ AGENT
 chmod +x "$DEMO/agent.sh"
 
 say "1. Agent phase: the agent may reach only the LLM gateway (openrouter.ai)"
-export EGRESSD_PIN_DIR=$DEMO/bpffs/egressd EGRESSD_SENTINEL=$DEMO/egress-unlocked
+# The sentinel in a directory of its own: exec makes it read-only for the
+# agent, which keeps writing its own files in $DEMO.
+mkdir "$DEMO/platform"
+export EGRESSD_PIN_DIR=$DEMO/bpffs/egressd EGRESSD_SENTINEL=$DEMO/platform/egress-unlocked
 export EGRESSD_RESOLVERS=198.51.100.1 EGRESSD_LOG_LEVEL=warning
 # The embedded policy proxy's CA, kept in the demo's own directory.
 export EGRESSD_CA_DIR=$DEMO/ca EGRESSD_CA_KEY_DIR=$DEMO/ca-key PROXY_DATA_DIR=$DEMO/data

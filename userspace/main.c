@@ -577,8 +577,15 @@ static int hide_sentinel_dir(const char *dir)
 	if (stat(dir, &st))
 		return -errno;
 	if ((st.st_mode & (S_IWGRP | S_IWOTH)) || (st.st_uid != 0 && st.st_uid != geteuid())) {
+		const char *ca = getenv("SSL_CERT_FILE");
+		size_t n = strlen(dir);
+
 		if (mount("egressd-private", dir, "tmpfs", MS_NOSUID | MS_NODEV, "mode=1777"))
 			return -errno;
+		if (ca && strncmp(ca, dir, n) == 0 && ca[n] == '/')
+			egd_warn("the CA bundle %s is in %s, which the command gets empty: set "
+				 "EGRESSD_CA_DIR elsewhere for TLS through the policy proxy",
+				 ca, dir);
 		return 0;
 	}
 	/* Not recursive: mounts below it (a test's bpffs) stay out of sight. */
@@ -611,9 +618,11 @@ static int sandbox_mounts(const char *sentinel_dir)
 	if (err)
 		return err;
 	/* The working directory still points at what the mounts cover. */
-	if (!have_cwd || chdir(cwd))
+	if (!have_cwd || chdir(cwd)) {
+		egd_warn("the working directory is out of the command's sight; it starts in /");
 		if (chdir("/"))
 			return -errno;
+	}
 	return drop_caps();
 }
 
