@@ -96,9 +96,9 @@ static int check_exempt(const char *cgroup, const char *const *exempt, size_t n)
 		}
 		rel = egd_cgroup_relation(ex, cg);
 		if (rel == EGD_CG_SAME || rel == EGD_CG_ANCESTOR) {
-			egd_err("refusing --exempt-cgroup %s: it %s the attached cgroup %s, so the "
-				"agent would go uncaptured; exempt a cgroup outside the sandbox (or "
-				"a child of it made for the daemon)",
+			egd_err("refusing --exempt-cgroup %s: it %s the attached cgroup %s, so "
+				"the agent would go uncaptured; exempt a cgroup outside the "
+				"sandbox (or a child of it made for the daemon)",
 				ex, egd_cgroup_rel_words(rel), cg);
 			return -EPERM;
 		}
@@ -552,7 +552,8 @@ static int seal_kernel_mounts(void)
 		unescape_octal(mp);
 		if (strcmp(fstype, "bpf") == 0) {
 			if (mount("egressd-hidden", mp, "tmpfs",
-				  MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC, "size=4k,mode=0555"))
+				  MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC,
+				  "size=4k,mode=0555"))
 				err = -errno;
 		} else if (strcmp(fstype, "cgroup2") == 0 || strcmp(fstype, "cgroup") == 0) {
 			err = remount_ro(mp);
@@ -692,8 +693,8 @@ static int cmd_exec(int argc, char **argv)
 		}
 		free(sentinel_arg);
 		if (strcmp(sentinel_dir, "/") == 0) {
-			egd_err("sentinel %s: exec cannot hide / from the command; put the sentinel "
-				"in a directory of its own",
+			egd_err("sentinel %s: exec cannot hide / from the command; put the "
+				"sentinel in a directory of its own",
 				check.sentinel);
 			return 2;
 		}

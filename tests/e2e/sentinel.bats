@@ -10,6 +10,7 @@
 load lib
 
 teardown() {
+	[ -n "${EXEC_PID:-}" ] && kill "$EXEC_PID" 2>/dev/null
 	egd_teardown
 }
 
@@ -105,6 +106,11 @@ exec_agent() {
 		"$EGRESSD" exec --audit-log "$T/audit.log" -- sh -c "$2" 2>"$T/exec.err"
 }
 
+# exec always captures with BPF, whatever EGD_E2E_MODE says.
+exec_phase_is() {
+	[ "$("$EGRESSD" phase --pin "$PIN")" = "$1" ]
+}
+
 exec_setup() {
 	skip_unless_capable
 	egd_setup_net
@@ -124,17 +130,18 @@ exec_setup() {
 		sleep 1.2
 		curl -sS -m 5 -o /dev/null -w 'before=%{http_code}\n' http://$SRV4/
 		touch $T/agent-done
-		while [ ! -e $T/go ]; do sleep 0.05; done
+		i=0; while [ ! -e $T/go ] && [ \$i -lt 400 ]; do sleep 0.05; i=\$((i + 1)); done
 		curl -sS -m 5 http://$SRV4/" >"$T/exec.out" &
 	EXEC_PID=$!
 	wait_for 20 test -e "$T/agent-done"
 	[ ! -e "$T/platform/egress-unlocked" ]
-	[ "$(kernel_phase)" = agent ]
+	exec_phase_is agent
 	# The platform creates it: the phase flips for the same command.
 	touch "$T/platform/egress-unlocked"
-	wait_for 2 phase_now_is verification
+	wait_for 2 exec_phase_is verification
 	touch "$T/go"
 	wait "$EXEC_PID"
+	EXEC_PID=
 	cat "$T/exec.out"
 	grep -q "touch=1" "$T/exec.out"
 	grep -q "Read-only file system" "$T/exec.out"

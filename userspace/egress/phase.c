@@ -63,8 +63,8 @@ int egd_sentinel_dir_check(const char *dir, uid_t uid, char *why, size_t len)
 			return -ENOTDIR;
 		}
 		if (first && (!trusted_uid(st.st_uid, uid) || (st.st_mode & (S_IWGRP | S_IWOTH)))) {
-			snprintf(why, len, "%s (owner uid %u, mode %04o) is writable by others", path,
-				 (unsigned int)st.st_uid, (unsigned int)(st.st_mode & 07777));
+			snprintf(why, len, "%s (owner uid %u, mode %04o) is writable by others",
+				 path, (unsigned int)st.st_uid, (unsigned int)(st.st_mode & 07777));
 			return 1;
 		}
 		/* Above it: another user who may write there (and is not held
@@ -73,8 +73,8 @@ int egd_sentinel_dir_check(const char *dir, uid_t uid, char *why, size_t len)
 		if (!first && (!trusted_uid(st.st_uid, uid) ||
 			       ((st.st_mode & (S_IWGRP | S_IWOTH)) && !(st.st_mode & S_ISVTX)))) {
 			snprintf(why, len,
-				 "%s, above the sentinel's directory, (owner uid %u, mode %04o) lets "
-				 "others replace it",
+				 "%s, above the sentinel's directory, (owner uid %u, mode %04o) "
+				 "lets others replace it",
 				 path, (unsigned int)st.st_uid, (unsigned int)(st.st_mode & 07777));
 			return -EPERM;
 		}
