@@ -27,7 +27,7 @@ RUN apt-get update \
 	&& DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
 		build-essential cmake pkg-config \
 		clang bpftool libbpf-dev libelf-dev zlib1g-dev \
-		libssl-dev libjansson-dev libc-ares-dev libnftnl-dev libmnl-dev \
+		libssl-dev libjansson-dev libc-ares-dev libnftnl-dev libmnl-dev libcurl4-openssl-dev \
 		libcmocka-dev \
 	&& rm -rf /var/lib/apt/lists/*
 
@@ -72,7 +72,7 @@ COPY --from=build /out/ /
 # CAP_SYS_ADMIN: run those with `--user 0`, as deploy/k8s does.
 RUN apt-get update \
 	&& DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
-		libbpf1 libelf1 zlib1g libssl3 libjansson4 libc-ares2 libnftnl11 libmnl0 \
+		libbpf1 libelf1 zlib1g libssl3 libjansson4 libc-ares2 libnftnl11 libmnl0 libcurl4 \
 		ca-certificates libcap2-bin \
 	&& setcap cap_net_admin+ep /usr/local/bin/egressd \
 	&& DEBIAN_FRONTEND=noninteractive apt-get purge -y --auto-remove libcap2-bin \

@@ -8,12 +8,18 @@ PKGS=(
 	build-essential cmake pkg-config
 	clang llvm libclang-rt-14-dev bpftool libbpf-dev libelf-dev zlib1g-dev
 	libssl-dev openssl libjansson-dev libc-ares-dev libnftnl-dev libmnl-dev
+	libcurl4-openssl-dev
 	libcmocka-dev bats
 	iproute2 nftables curl socat python3 procps util-linux libcap2-bin
 	nginx-light libnginx-mod-stream
 	python3-yaml docker-compose
 	nodejs
 )
+
+# kubectl renders the Kubernetes manifests (deploy/k8s/check.sh). Debian's
+# kubernetes-client ships /usr/bin/kubectl, which dpkg refuses to install
+# over another package's kubectl (a cloud SDK's): only when there is none.
+command -v kubectl >/dev/null || PKGS+=(kubernetes-client)
 
 missing=()
 for p in "${PKGS[@]}"; do
