@@ -265,6 +265,25 @@ assert q["allowWatchBookmarks"] == "true" and int(q["timeoutSeconds"]) > 0, q'
 	[ "$(count_events ADDED before)" -eq 1 ]
 }
 
+@test "k8s api: a server that ends every watch at once is not asked in a busy loop" {
+	start_fake
+	cp "$D/token" "$D/client-token"
+	start_watch
+	wait_event SYNCED ""
+	wait_stat watches 1
+	ctl POST /flap '{"on":true}' >/dev/null
+	ctl POST /close-watches >/dev/null
+	w0=$(stat watches)
+	sleep 2
+	w=$(($(stat watches) - w0))
+	# At most one request per EGD_K8S_BACKOFF_MIN_MS (200 ms), with slack.
+	[ "$w" -ge 2 ] && [ "$w" -le 12 ] || { echo "watches in 2 s: $w"; false; }
+	# And it still follows the pods.
+	ctl POST /flap '{"on":false}' >/dev/null
+	add_pod late n1 >/dev/null
+	wait_event ADDED late
+}
+
 @test "k8s api: a rotated token is read again: 401 backs off, the new token recovers" {
 	start_fake
 	cp "$D/token" "$D/client-token"

@@ -57,6 +57,7 @@ struct egd_k8s_client {
 	size_t len, cap, max;
 	size_t consumed;	     /* watch: bytes of @buf already handled */
 	unsigned backoff_ms;
+	unsigned long long last_start_ms; /* when the last request started */
 	struct egd_timer curl_timer; /* curl's own timeouts */
 	struct egd_timer retry;	     /* the next request */
 	json_t *cache;		     /* uid -> trimmed Pod */
@@ -474,9 +475,17 @@ static int read_token(struct egd_k8s_client *c, char *tok, size_t len)
 	return 0;
 }
 
+/* The next request after @delay_ms, and never sooner than backoff_min_ms
+ * after the last one started: an API that ends every watch at once, or a
+ * list whose version is gone again at once, costs a few requests a second,
+ * not a busy loop. */
 static void schedule(struct egd_k8s_client *c, unsigned delay_ms)
 {
-	egd_timer_arm(c->loop, &c->retry, egd_now_ms() + delay_ms);
+	unsigned long long at = egd_now_ms() + delay_ms;
+
+	if (c->last_start_ms && at < c->last_start_ms + c->cfg.backoff_min_ms)
+		at = c->last_start_ms + c->cfg.backoff_min_ms;
+	egd_timer_arm(c->loop, &c->retry, at);
 }
 
 /* A failed request: the next one after a growing, jittered wait. */
@@ -563,6 +572,7 @@ static void start_request(struct egd_timer *t)
 	struct curl_slist *h;
 
 	end_request(c);
+	c->last_start_ms = egd_now_ms();
 	if (c->cfg.token_file[0] && read_token(c, tok, sizeof(tok))) {
 		fail(c);
 		return;
