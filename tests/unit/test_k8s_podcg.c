@@ -14,7 +14,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sched.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <cmocka.h>
@@ -292,6 +294,60 @@ static void check_v2(void **state)
 	assert_int_equal(egd_podcg_check_v2("/nonexistent-egd"), -ENOENT);
 }
 
+/* In a real cgroup2 hierarchy (root only): a process in a container cgroup
+ * of a pod finds the pod; told another UID, or in a private cgroup
+ * namespace as an unprivileged container is, it refuses. */
+static void of_self_in_real_cgroups(void **state)
+{
+	char cg2[PATH_MAX], top[PATH_MAX], pod[PATH_MAX], ctr[PATH_MAX];
+	int res[4] = { 1, 1, 1, 1 }, p[2];
+	pid_t pid;
+	int status;
+
+	(void)state;
+	if (geteuid() != 0 || egd_cgroup2_root(cg2, sizeof(cg2)) || egd_podcg_check_v2(cg2)) {
+		skip();
+		return;
+	}
+	snprintf(top, sizeof(top), "%s/egdt-podcg-%d", cg2, (int)getpid());
+	snprintf(pod, sizeof(pod), "%s/kubepods/burstable/pod" UID, top);
+	snprintf(ctr, sizeof(ctr), "%s/cri-containerd-0123.scope", pod);
+	snprintf(root, sizeof(root), "%s", top);
+	assert_int_equal(mkdir(top, 0755), 0);
+	mkdirs("kubepods/burstable/pod" UID "/cri-containerd-0123.scope");
+	assert_int_equal(pipe(p), 0);
+	pid = fork();
+	assert_true(pid >= 0);
+	if (pid == 0) {
+		char out[PATH_MAX];
+
+		res[0] = egd_cgroup_enter(ctr, getpid());
+		res[1] = egd_podcg_of_self(UID, out, sizeof(out));
+		if (res[1] == 0 && strcmp(out, pod))
+			res[1] = -EXDEV;
+		res[2] = egd_podcg_of_self(OTHER, out, sizeof(out));
+		res[3] = unshare(CLONE_NEWCGROUP) ? -errno : egd_podcg_of_self(UID, out, sizeof(out));
+		if (write(p[1], res, sizeof(res)) != sizeof(res))
+			_exit(2);
+		_exit(0);
+	}
+	close(p[1]);
+	assert_int_equal(read(p[0], res, sizeof(res)), sizeof(res));
+	close(p[0]);
+	assert_int_equal(waitpid(pid, &status, 0), pid);
+	rmdir(ctr);
+	rmdir(pod);
+	snprintf(ctr, sizeof(ctr), "%s/kubepods/burstable", top);
+	rmdir(ctr);
+	snprintf(ctr, sizeof(ctr), "%s/kubepods", top);
+	rmdir(ctr);
+	assert_int_equal(rmdir(top), 0);
+	assert_int_equal(res[0], 0);
+	assert_int_equal(res[1], 0);
+	assert_int_equal(res[2], -ENOENT);
+	assert_int_equal(res[3], -EPERM);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -305,6 +361,7 @@ int main(void)
 		cmocka_unit_test_setup_teardown(find_kind_nested, tree_setup, tree_teardown),
 		cmocka_unit_test_setup_teardown(find_refuses, tree_setup, tree_teardown),
 		cmocka_unit_test_setup_teardown(check_v2, tree_setup, tree_teardown),
+		cmocka_unit_test(of_self_in_real_cgroups),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);

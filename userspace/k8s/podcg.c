@@ -7,6 +7,7 @@
  */
 #include "k8s/podcg.h"
 #include "core/log.h"
+#include "datapath/cgroup.h"
 
 #include <dirent.h>
 #include <errno.h>
@@ -192,6 +193,66 @@ int egd_podcg_check_v2(const char *root)
 		"enforces on cgroup v2 only and refuses rather than half-enforce",
 		root);
 	return -EOPNOTSUPP;
+}
+
+/* /proc/self/cgroup has a line per v1 hierarchy and one for v2. */
+#define PROC_CGROUP_MAX_BYTES 8192
+
+int egd_podcg_of_self(const char *uid, char *out, size_t len)
+{
+	char buf[PROC_CGROUP_MAX_BYTES], self[PATH_MAX], pod[PATH_MAX], root[PATH_MAX];
+	struct stat st;
+	ssize_t n;
+	int fd, err;
+
+	if (!egd_pod_uid_valid(uid)) {
+		egd_err("POD_UID \"%s\" is not a pod UID (set it from the downward API's "
+			"metadata.uid)", uid ? uid : "");
+		return -EINVAL;
+	}
+	fd = open("/proc/self/cgroup", O_RDONLY | O_CLOEXEC);
+	if (fd < 0)
+		return -errno;
+	n = read(fd, buf, sizeof(buf) - 1);
+	err = n < 0 ? -errno : 0;
+	close(fd);
+	if (err)
+		return err;
+	buf[n] = '\0';
+	err = egd_podcg_parse_self(buf, self, sizeof(self));
+	if (err == -EOPNOTSUPP) {
+		egd_err("no cgroup v2 in /proc/self/cgroup: a cgroup v1-only node; egressd "
+			"enforces on cgroup v2 only");
+		return err;
+	}
+	if (err == -EPERM) {
+		egd_err("this container has a private cgroup namespace, so the pod cgroup cannot "
+			"be seen: run egressd attach --pod in a privileged container");
+		return err;
+	}
+	if (err)
+		return err;
+	err = egd_podcg_of_container(self, uid, pod, sizeof(pod));
+	if (err) {
+		egd_err("the parent of this container's cgroup %s is not the cgroup of pod %s: "
+			"refusing to attach anywhere else", self, uid);
+		return err;
+	}
+	err = egd_cgroup2_root(root, sizeof(root));
+	if (err) {
+		egd_err("no cgroup2 mount in /proc/mounts: egressd enforces on cgroup v2 only");
+		return -EOPNOTSUPP;
+	}
+	err = egd_podcg_check_v2(root);
+	if (err)
+		return err;
+	if (snprintf(out, len, "%s%s", root, pod) >= (int)len)
+		return -ENAMETOOLONG;
+	if (stat(out, &st) || !S_ISDIR(st.st_mode)) {
+		egd_err("pod cgroup %s is not a directory under the cgroup2 mount %s", pod, root);
+		return -ENOENT;
+	}
+	return 0;
 }
 
 /* Some pod's cgroup (any UID)? Pods do not nest, so the walk skips them. */

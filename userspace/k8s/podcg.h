@@ -54,6 +54,13 @@ int egd_podcg_parse_self(const char *proc_cgroup, char *out, size_t len);
  * -ENOENT when it is not (refuse: this is not the pod we were told). */
 int egd_podcg_of_container(const char *container_path, const char *uid, char *out, size_t len);
 
+/* The pod cgroup of the calling process, as `attach --pod` needs it: its
+ * own cgroup from /proc/self/cgroup (egd_podcg_parse_self), whose parent
+ * must be pod @uid's (egd_podcg_of_container), as a directory under the
+ * cgroup v2 mount (egd_podcg_check_v2); the full path into @out. Each
+ * refusal is logged with its reason and what to do. */
+int egd_podcg_of_self(const char *uid, char *out, size_t len);
+
 /* Is @root a cgroup v2 mount? -EOPNOTSUPP with a logged reason when it is a
  * cgroup v1 (or tmpfs of v1 controllers) mount: egressd does not enforce on
  * cgroup v1-only hosts rather than half-enforce. */
