@@ -20,11 +20,20 @@ setup() {
 }
 
 teardown() {
+	local rc=0
 	[ -n "$WATCH_PID" ] && kill "$WATCH_PID" 2>/dev/null
 	[ -n "$FAKE_PID" ] && kill "$FAKE_PID" 2>/dev/null
-	[ -n "$WATCH_PID" ] && wait "$WATCH_PID" 2>/dev/null
+	if [ -n "$WATCH_PID" ]; then
+		# k8swatch frees everything on SIGTERM and exits 0; a sanitizer
+		# build (K8SWATCH=build-asan/k8swatch) reports what it found here.
+		wait "$WATCH_PID" 2>/dev/null || rc=$?
+		if grep -q Sanitizer "$D/err" 2>/dev/null; then
+			cat "$D/err"
+			rc=1
+		fi
+	fi
 	[ -n "$FAKE_PID" ] && wait "$FAKE_PID" 2>/dev/null
-	true
+	return $rc
 }
 
 # start_fake [ARGS]: the fake API, its ports in API_PORT and CTL.
