@@ -118,7 +118,8 @@ static void parse_self(void **state)
 					      ".slice/cri-containerd-aa.scope\n",
 					      out, sizeof(out)),
 			 0);
-	assert_string_equal(out, "/kubepods.slice/kubepods-pod" UID_ ".slice/cri-containerd-aa.scope");
+	assert_string_equal(out,
+			    "/kubepods.slice/kubepods-pod" UID_ ".slice/cri-containerd-aa.scope");
 	/* hybrid host: v1 lines before the v2 one */
 	assert_int_equal(egd_podcg_parse_self("12:pids:/kubepods/pod" UID "/x\n1:name=systemd:/\n"
 					      "0::/kubepods/pod" UID "/x\n",
@@ -149,8 +150,8 @@ static void of_container(void **state)
 						".slice/cri-containerd-0123.scope",
 						UID, out, sizeof(out)),
 			 0);
-	assert_string_equal(out, "/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod" UID_
-				 ".slice");
+	assert_string_equal(out, "/kubepods.slice/kubepods-burstable.slice/"
+				 "kubepods-burstable-pod" UID_ ".slice");
 	assert_int_equal(egd_podcg_of_container("/kubepods/besteffort/pod" UID "/0123abcd", UID,
 						out, sizeof(out)),
 			 0);
@@ -231,7 +232,8 @@ static void find_systemd(void **state)
 	}
 	mkdirs("kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod" UID_
 	       ".slice/cri-containerd-2.scope");
-	expect_found("kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod" UID_ ".slice");
+	expect_found("kubepods.slice/kubepods-burstable.slice/"
+		     "kubepods-burstable-pod" UID_ ".slice");
 }
 
 static void find_guaranteed(void **state)
@@ -257,7 +259,8 @@ static void find_kind_nested(void **state)
 	       "kubelet-kubepods-besteffort.slice/kubelet-kubepods-besteffort-pod" UID_
 	       ".slice/cri-containerd-4.scope");
 	expect_found("system.slice/docker-abc.scope/kubelet.slice/kubelet-kubepods.slice/"
-		     "kubelet-kubepods-besteffort.slice/kubelet-kubepods-besteffort-pod" UID_ ".slice");
+		     "kubelet-kubepods-besteffort.slice/"
+		     "kubelet-kubepods-besteffort-pod" UID_ ".slice");
 }
 
 static void find_refuses(void **state)
@@ -326,7 +329,8 @@ static void of_self_in_real_cgroups(void **state)
 		if (res[1] == 0 && strcmp(out, pod))
 			res[1] = -EXDEV;
 		res[2] = egd_podcg_of_self(OTHER, out, sizeof(out));
-		res[3] = unshare(CLONE_NEWCGROUP) ? -errno : egd_podcg_of_self(UID, out, sizeof(out));
+		res[3] = unshare(CLONE_NEWCGROUP) ? -errno :
+						    egd_podcg_of_self(UID, out, sizeof(out));
 		if (write(p[1], res, sizeof(res)) != sizeof(res))
 			_exit(2);
 		_exit(0);

@@ -118,8 +118,9 @@ int egd_k8s_config_from_env(struct egd_k8s_config *cfg, char *err, size_t errlen
 		const char *port = getenv("KUBERNETES_SERVICE_PORT");
 
 		if (!host || !*host) {
-			snprintf(err, errlen, "EGRESSD_K8S_API is not set and KUBERNETES_SERVICE_HOST "
-					      "is empty: not in a cluster?");
+			snprintf(err, errlen,
+				 "EGRESSD_K8S_API is not set and KUBERNETES_SERVICE_HOST is empty: "
+				 "not in a cluster?");
 			return -EINVAL;
 		}
 		/* An IPv6 service address needs brackets in a URL. */
@@ -139,8 +140,10 @@ int egd_k8s_config_from_env(struct egd_k8s_config *cfg, char *err, size_t errlen
 		cfg->api[n - 1] = '\0';
 
 	v = getenv("EGRESSD_K8S_TOKEN_FILE");
-	rc = copy_setting(cfg->token_file, sizeof(cfg->token_file),
-			  v ? v : EGD_K8S_DEFAULT_TOKEN_FILE, "EGRESSD_K8S_TOKEN_FILE", err, errlen);
+	if (!v)
+		v = EGD_K8S_DEFAULT_TOKEN_FILE;
+	rc = copy_setting(cfg->token_file, sizeof(cfg->token_file), v, "EGRESSD_K8S_TOKEN_FILE", err,
+			  errlen);
 	if (rc)
 		return rc;
 	v = getenv("EGRESSD_K8S_CA_FILE");
@@ -673,8 +676,8 @@ static void finish(struct egd_k8s_client *c, CURLcode res)
 	curl_easy_getinfo(c->easy, CURLINFO_RESPONSE_CODE, &code);
 	if (res != CURLE_OK) {
 		if (c->too_big)
-			egd_err("k8s: %s larger than %zu bytes", watch ? "a watch event" : "the pod list",
-				c->max);
+			egd_err("k8s: %s larger than %zu bytes",
+				watch ? "a watch event" : "the pod list", c->max);
 		else
 			egd_warn("k8s: %s failed: %s", watch ? "watch" : "list",
 				 curl_easy_strerror(res));
@@ -829,7 +832,8 @@ static int on_curl_socket(CURL *e, curl_socket_t fd, int what, void *userp, void
 
 static void on_curl_timer_fired(struct egd_timer *t)
 {
-	struct egd_k8s_client *c = (void *)((char *)t - offsetof(struct egd_k8s_client, curl_timer));
+	struct egd_k8s_client *c =
+		(void *)((char *)t - offsetof(struct egd_k8s_client, curl_timer));
 	int running;
 
 	curl_multi_socket_action(c->multi, CURL_SOCKET_TIMEOUT, 0, &running);

@@ -149,7 +149,8 @@ int egd_podcg_parse_self(const char *proc_cgroup, char *out, size_t len)
 			if (n == 0 || p[0] != '/')
 				return -EINVAL;
 			/* "/" or "/..": a private cgroup namespace. */
-			if (n == 1 || (n >= 3 && strncmp(p, "/..", 3) == 0 && (n == 3 || p[3] == '/')))
+			if (n == 1 ||
+			    (n >= 3 && strncmp(p, "/..", 3) == 0 && (n == 3 || p[3] == '/')))
 				return -EPERM;
 			if (n >= len)
 				return -ENAMETOOLONG;
