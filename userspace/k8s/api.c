@@ -142,8 +142,8 @@ int egd_k8s_config_from_env(struct egd_k8s_config *cfg, char *err, size_t errlen
 	v = getenv("EGRESSD_K8S_TOKEN_FILE");
 	if (!v)
 		v = EGD_K8S_DEFAULT_TOKEN_FILE;
-	rc = copy_setting(cfg->token_file, sizeof(cfg->token_file), v, "EGRESSD_K8S_TOKEN_FILE", err,
-			  errlen);
+	rc = copy_setting(cfg->token_file, sizeof(cfg->token_file), v, "EGRESSD_K8S_TOKEN_FILE",
+			  err, errlen);
 	if (rc)
 		return rc;
 	v = getenv("EGRESSD_K8S_CA_FILE");
