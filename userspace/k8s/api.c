@@ -50,7 +50,6 @@ struct egd_k8s_client {
 	enum state state;
 	bool need_list;		     /* no list yet, or 410 seen */
 	bool failing;		     /* the last request failed */
-	bool gone_event;	     /* this watch sent an ERROR 410 */
 	bool too_big;
 	char rv[K8S_RV_MAX_BYTES];   /* last resourceVersion seen */
 	char *buf;
@@ -342,6 +341,10 @@ static int handle_list(struct egd_k8s_client *c)
 		return -EPROTO;
 	}
 	seen = json_object();
+	if (!seen) {
+		json_decref(list);
+		return -ENOMEM;
+	}
 	json_array_foreach(items, i, item)
 		json_object_set(seen, str_at(item, "metadata", "uid"), json_true());
 	/* Gone while we were not watching. */
@@ -397,7 +400,6 @@ static int handle_event(struct egd_k8s_client *c, const char *line, size_t len)
 			 json_string_value(json_object_get(obj, "message")) ?: "");
 		if (code == 410) {
 			c->st.gone++;
-			c->gone_event = true;
 			rc = 1;
 		} else {
 			rc = -EPROTO;
@@ -561,7 +563,7 @@ static void end_request(struct egd_k8s_client *c)
 	c->headers = NULL;
 	c->state = ST_IDLE;
 	c->len = c->consumed = 0;
-	c->too_big = c->gone_event = false;
+	c->too_big = false;
 }
 
 static void start_request(struct egd_timer *t)
