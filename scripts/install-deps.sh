@@ -14,6 +14,7 @@ PKGS=(
 	nginx-light libnginx-mod-stream
 	python3-yaml docker-compose
 	nodejs
+	bind9-dnsutils dnsmasq-base
 )
 
 # kubectl renders the Kubernetes manifests (deploy/k8s/check.sh). Debian's

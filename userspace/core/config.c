@@ -24,7 +24,7 @@
  */
 enum opt_type { OPT_PORT, OPT_HOSTPORT, OPT_HOSTPORT_OFF, OPT_PATH, OPT_PHASE, OPT_HOSTLIST,
 		OPT_URL_HOSTLIST, OPT_UINT, OPT_MODE, OPT_LOGLEVEL, OPT_IPLIST, OPT_CIDRLIST,
-		OPT_PORTLIST, OPT_PROXY };
+		OPT_PORTLIST, OPT_PROXY, OPT_INTERCEPT_CIDRS, OPT_ECH };
 
 struct opt {
 	const char *flag;
@@ -43,6 +43,13 @@ struct opt {
 static const struct opt opts[] = {
 	{ "listen", "EGRESSD_LISTEN", "127.0.0.1:15443", OPT_PORT, OFF(listen_port), 0, 0,
 	  "transparent TCP listener (also on [::1] at the same port)" },
+	/* Never "off": the kernel side sends the agent's port-53 traffic here
+	 * in every capture mode, and nobody listening would only break the
+	 * agent's lookups, not open anything. */
+	{ "dns-listen", "EGRESSD_DNS_LISTEN", "127.0.0.1:15053", OPT_PORT, OFF(dns_port), 0, 0,
+	  "policy DNS on UDP and TCP (also on [::1] at the same port)" },
+	{ "dns-max-ttl-s", "EGRESSD_DNS_MAX_TTL_S", "30", OPT_UINT, OFF(dns_max_ttl_s), 1, 86400,
+	  "TTL cap of the policy DNS's answers (and of intercept addresses)" },
 	{ "admin-listen", "EGRESSD_ADMIN_LISTEN", "127.0.0.1:15000", OPT_HOSTPORT_OFF, OFF(admin), 0,
 	  0, "/healthz, /readyz, /metrics; \"off\" disables" },
 	{ "sentinel", "EGRESSD_SENTINEL", "/tmp/egress-unlocked", OPT_PATH, OFF(sentinel), 0, 0,
@@ -64,6 +71,12 @@ static const struct opt opts[] = {
 	  0, "hosts handed to the policy proxy (default: host of UPSTREAM_BASE_URL)" },
 	{ "agent-allow", "EGRESSD_AGENT_ALLOW", "", OPT_HOSTLIST, OFF(policy.agent_allow), 0, 0,
 	  "extra hosts tunnelled in the agent phase (exact or *.suffix)" },
+	{ "intercept-cidrs", "EGRESSD_INTERCEPT_CIDRS", "", OPT_INTERCEPT_CIDRS,
+	  OFF(policy.intercept_cidrs), 0, 0,
+	  "comma list of CIDRs: TCP to them goes to the policy proxy whatever its hello says" },
+	{ "ech", "EGRESSD_ECH", "refuse", OPT_ECH, OFF(policy.ech_allow), 0, 0,
+	  "refuse (TLS hellos with encrypted_client_hello are refused in both phases) or "
+	  "allow (judged by outer SNI and destination)" },
 	/* No default: unset means the embedded policy proxy serves intercepted
 	 * flows; setting it is how an external proxy is kept. */
 	{ "intercept-upstream", "EGRESSD_INTERCEPT_UPSTREAM", NULL, OPT_HOSTPORT,
@@ -97,7 +110,8 @@ static const struct opt opts[] = {
 	{ "audit-log", "EGRESSD_AUDIT_LOG", "", OPT_PATH, OFF(audit_log), 0, 0,
 	  "decision lines go here instead of stdout" },
 	{ "resolvers", "EGRESSD_RESOLVERS", "nameservers of /etc/resolv.conf", OPT_IPLIST, 0, 0, 0,
-	  "DNS servers, comma list (BPF mode: allowed to the agent in the agent phase; exec)" },
+	  "DNS servers the daemon itself asks (the policy DNS's lookups and forwarding), comma "
+	  "list; BPF mode and exec: also allowed to the agent until the kernel redirects DNS" },
 	{ "deny-cidrs", "EGRESSD_DENY_CIDRS", "", OPT_CIDRLIST, 0, 0, 0,
 	  "CIDRs the agent never reaches, in both phases, added to the built-in "
 	  "169.254.0.0/16, fe80::/10, fd00:ec2::254/128, 100.100.100.200/32, 0.0.0.0/8, "
@@ -397,6 +411,20 @@ static int apply(struct egd_config_run *cfg, const struct opt *o, const char *v)
 		return egd_nft_parse_ports(v, p, EGD_NFT_LOOPBACK_ALLOW_MAX) < 0 ? -EINVAL : 0;
 	}
 	case OPT_PROXY:
+		return 0;
+	case OPT_INTERCEPT_CIDRS:
+		if (egd_cidrlist_parse(field, v, bad, sizeof(bad))) {
+			egd_err("%s: bad CIDR \"%s\"", o->env, bad);
+			return -EINVAL;
+		}
+		return 0;
+	case OPT_ECH:
+		if (strcmp(v, "refuse") == 0)
+			*(int *)field = 0;
+		else if (strcmp(v, "allow") == 0)
+			*(int *)field = 1;
+		else
+			return -EINVAL;
 		return 0;
 	}
 	return -EINVAL;

@@ -32,6 +32,8 @@ enum egd_mode_req {
 
 struct egd_config_run {
 	uint16_t listen_port;		/* host order */
+	uint16_t dns_port;		/* policy DNS, 127.0.0.1 and ::1; host order */
+	unsigned int dns_max_ttl_s;	/* TTL cap of the policy DNS's answers */
 	struct egd_addr admin;		/* family 0 when disabled */
 	char sentinel[PATH_MAX];
 	enum egd_phase_source phase_source;

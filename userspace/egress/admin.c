@@ -6,6 +6,7 @@
  * or large is dropped.
  */
 #include "egress/daemon.h"
+#include "egress/dnsd.h"
 #include "egress/intercept.h"
 #include "core/grow.h"
 #include "core/log.h"
@@ -164,6 +165,13 @@ static void render_metrics(struct egd_daemon *d, struct sbuf *b)
 			if (egd_nft_counter(names[i], &n) == 0)
 				sb_printf(b, "egressd_nft_refused_packets_total{counter=\"%s\"} %llu\n",
 					  names[i], (unsigned long long)n);
+	}
+	if (d->dnsd) {
+		char *dx = egd_dnsd_metrics(d->dnsd);
+
+		if (dx)
+			sb_printf(b, "%s", dx);
+		free(dx);
 	}
 	if (d->intercept) {
 		char *px = egd_intercept_metrics(d->intercept);

@@ -195,3 +195,47 @@ void egd_audit(const struct egd_audit_rec *r)
 	}
 	json_decref(o);
 }
+
+void egd_audit_dns(const struct egd_audit_dns *r)
+{
+	char ts[40], src[64], line[AUDIT_LINE_MAX_BYTES];
+	struct line l = { .p = line, .cap = sizeof(line) };
+	json_t *o;
+	size_t n;
+
+	egd_timestamp(ts, sizeof(ts));
+	egd_addr_format(r->src, src, sizeof(src));
+	/* The query name's text form escapes every byte that is not a host
+	 * character, so the fast path is the rule; jansson is the fallback. */
+	if (plain(r->qname)) {
+		put(&l, "{\"ts\":\"", 7);
+		put(&l, ts, strlen(ts));
+		put(&l, "\"", 1);
+		put_str(&l, "event", "dns");
+		put_str(&l, "phase", egd_phase_name(r->phase));
+		put_uint(&l, "cgroup", r->cgroup_id);
+		put_str(&l, "src", src);
+		put_str(&l, "proto", r->proto);
+		put_str(&l, "qname", r->qname);
+		put_str(&l, "qtype", r->qtype);
+		put_str(&l, "verdict", r->verdict);
+		put_str(&l, "rcode", r->rcode);
+		put(&l, "}\n", 2);
+		if (!l.full) {
+			append(line, l.len);
+			return;
+		}
+	}
+	o = json_pack("{s:s, s:s, s:s, s:I, s:s, s:s, s:s, s:s, s:s, s:s}", "ts", ts, "event",
+		      "dns", "phase", egd_phase_name(r->phase), "cgroup",
+		      (json_int_t)r->cgroup_id, "src", src, "proto", r->proto, "qname", r->qname,
+		      "qtype", r->qtype, "verdict", r->verdict, "rcode", r->rcode);
+	if (!o)
+		return;
+	n = json_dumpb(o, line, sizeof(line) - 1, JSON_COMPACT | JSON_ENSURE_ASCII);
+	if (n > 0 && n < sizeof(line)) {
+		line[n] = '\n';
+		append(line, n + 1);
+	}
+	json_decref(o);
+}

@@ -7,6 +7,8 @@
  * connections are refused, which is the closed state we want.
  */
 #include "egress/daemon.h"
+#include "egress/dnsd.h"
+#include "egress/icaddr.h"
 #include "egress/intercept.h"
 #include "datapath/cgroup.h"
 #include "datapath/nftmode.h"
@@ -526,6 +528,38 @@ static int start_intercept(struct egd_daemon *d)
 	return d->intercept ? 0 : -errno;
 }
 
+/*
+ * The policy DNS on worker 0's loop, in every capture mode: the kernel side
+ * sends the agent's port-53 traffic to it. In BPF mode the kernel learns
+ * its port from the config map once it listens.
+ */
+static int start_dns(struct egd_daemon *d)
+{
+	struct egd_dnsd_config dc = {
+		.port = d->cfg.dns_port,
+		.max_ttl_s = d->cfg.dns_max_ttl_s,
+		.policy = &d->cfg.policy,
+		.phase = &d->phase,
+		.resolvers = egd_config_get("EGRESSD_RESOLVERS"),
+	};
+	struct egd_config c;
+
+	d->icaddr = egd_icaddr_new();
+	if (!d->icaddr)
+		return -errno;
+	/* The intercept-address sink (egd_icaddr_set_sink()) is where the
+	 * kernel's intercept-address map is fed from, in BPF mode. */
+	dc.icaddr = d->icaddr;
+	d->dnsd = egd_dnsd_new(d->loop, &dc);
+	if (!d->dnsd)
+		return -errno;
+	if (d->capture == EGD_CAPTURE_BPF && egd_bpf_get_config(&d->bpf, &c) == 0) {
+		c.dns_port = htons(d->cfg.dns_port);
+		return egd_bpf_set_config(&d->bpf, &c);
+	}
+	return 0;
+}
+
 /* Threads start once the phase is known, so no worker decides without it. */
 static int run_worker_threads(struct egd_daemon *d)
 {
@@ -576,6 +610,8 @@ int egd_daemon_run(const struct egd_config_run *cfg)
 	}
 	if (d->capture == EGD_CAPTURE_NFT && nft_watch(d))
 		goto out;
+	if (start_dns(d))
+		goto out;
 	/* One proxy per worker over one budget ledger. It starts once capture
 	 * is in place: a daemon that cannot enforce exits before it writes a
 	 * CA. */
@@ -604,6 +640,8 @@ out:
 		 * resolvers: they go first, while both still exist. */
 		egd_intercept_destroy(d->intercept);
 		d->intercept = NULL;
+		egd_dnsd_free(d->dnsd);
+		d->dnsd = NULL;
 		for (unsigned int i = 0; i < d->n_workers; i++)
 			worker_free(&d->workers[i]);
 	} else if (d->loop) {
@@ -615,6 +653,8 @@ out:
 		if (*fd >= 0)
 			close(*fd);
 	egd_intercept_destroy(d->intercept);
+	egd_dnsd_free(d->dnsd);
+	egd_icaddr_free(d->icaddr);
 	egd_bpf_close(&d->bpf);
 	egd_loop_free(d->loop);
 	free(d->workers);

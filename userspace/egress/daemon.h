@@ -20,6 +20,8 @@
 #include "egress/decide.h"
 
 struct egd_conn;
+struct egd_dnsd;
+struct egd_icaddr_table;
 struct egd_intercept;
 struct egd_resolver;
 
@@ -103,6 +105,10 @@ struct egd_daemon {
 	/* The embedded policy proxy, one per worker; NULL when intercepted flows
 	 * go to EGRESSD_INTERCEPT_UPSTREAM instead. */
 	struct egd_intercept *intercept;
+	/* The policy DNS, on worker 0's loop, and the addresses it gave for
+	 * intercept hosts (read by every worker's decisions). */
+	struct egd_dnsd *dnsd;
+	struct egd_icaddr_table *icaddr;
 	struct egd_worker *workers;
 	unsigned int n_workers;
 	unsigned int n_conns; /* all workers; __atomic, for max_conns */
@@ -162,6 +168,18 @@ struct egd_audit_rec {
 	uint64_t bytes_up, bytes_down, duration_ms;
 };
 void egd_audit(const struct egd_audit_rec *r);
+/* One line per policy DNS query: event "dns". */
+struct egd_audit_dns {
+	enum egd_phase phase;
+	uint64_t cgroup_id; /* 0: not known */
+	const struct egd_addr *src;
+	const char *proto;   /* "udp" | "tcp" */
+	const char *qname;   /* text form, escaped (dns.h) */
+	const char *qtype;   /* "A", "HTTPS", "TYPE65280" */
+	const char *verdict; /* egd_dns_verdict_name() */
+	const char *rcode;   /* "NOERROR", "REFUSED", ... */
+};
+void egd_audit_dns(const struct egd_audit_dns *r);
 /* Audit lines are buffered per thread and written once per loop turn, whole
  * lines only; this writes the calling thread's. */
 void egd_audit_flush(void);

@@ -31,6 +31,8 @@ enum egd_reason {
 	EGD_REASON_IP_LITERAL,	       /* agent phase, host was an IP literal */
 	EGD_REASON_MALFORMED,	       /* agent phase, hello/request malformed */
 	EGD_REASON_NO_ORIGINAL_DST,    /* not a captured flow (direct dial) */
+	EGD_REASON_INTERCEPT_ADDR,     /* dialled an intercept address: to the proxy */
+	EGD_REASON_ECH,		       /* TLS hello with ECH, EGRESSD_ECH=refuse */
 	EGD_REASON_MAX,
 };
 
@@ -46,9 +48,31 @@ struct egd_hostlist {
 int egd_hostlist_parse(struct egd_hostlist *list, const char *spec, char *bad, size_t bad_len);
 int egd_hostlist_match(const struct egd_hostlist *list, const char *host);
 
+/* An address prefix list (EGRESSD_INTERCEPT_CIDRS). */
+#define EGD_CIDRLIST_MAX 64
+struct egd_cidr {
+	struct egd_ip net; /* host bits cleared */
+	uint8_t prefix;	   /* bits */
+};
+struct egd_cidrlist {
+	size_t n;
+	struct egd_cidr c[EGD_CIDRLIST_MAX];
+};
+
+/* Parse "203.0.113.0/24, 2001:db8::/32, 192.0.2.7" (no prefix: the one
+ * address) into @list. Returns 0, or -EINVAL with @bad set to the entry. */
+int egd_cidrlist_parse(struct egd_cidrlist *list, const char *spec, char *bad, size_t bad_len);
+/* 1 when @a's address (a v4-mapped IPv6 one as IPv4) is in @list. */
+int egd_cidrlist_match(const struct egd_cidrlist *list, const struct egd_addr *a);
+
 struct egd_policy {
 	struct egd_hostlist intercept;
 	struct egd_hostlist agent_allow;
+	/* TCP to these goes to the policy proxy, whatever the hello says. */
+	struct egd_cidrlist intercept_cidrs;
+	/* EGRESSD_ECH=allow: ECH hellos are judged like any other (by outer
+	 * SNI and destination). 0, the default: refused in both phases. */
+	int ech_allow;
 };
 
 struct egd_intent {
@@ -56,6 +80,9 @@ struct egd_intent {
 	uint64_t cgroup_id;
 	int has_orig;		/* the original destination is known */
 	struct egd_addr orig;	/* where the agent dialled */
+	/* The policy DNS answered orig's address for an intercept host (the
+	 * caller looks it up in the intercept-address table). */
+	int orig_intercept;
 	struct egd_sniff_out sniff;
 };
 

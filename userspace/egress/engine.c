@@ -12,6 +12,7 @@
  * rather than freed.
  */
 #include "egress/daemon.h"
+#include "egress/icaddr.h"
 #include "egress/intercept.h"
 #include "datapath/origdst.h"
 #include "core/counter.h"
@@ -809,6 +810,13 @@ static void accept_one(struct egd_listener *l, int fd, const struct sockaddr *pe
 	c->intent.cgroup_id = orig.cgroup_id;
 	if (err && err != -ENOENT)
 		egd_warn("original destination: %s", strerror(-err));
+	if (c->intent.has_orig && d->icaddr) {
+		struct egd_ip ip;
+
+		egd_ip_from_addr(&ip, &orig.dst);
+		c->intent.orig_intercept =
+			egd_icaddr_lookup(d->icaddr, &ip, egd_icaddr_now_ns(), NULL, 0);
+	}
 
 	err = egd_loop_add(wk->loop, &c->cw, CONN_EVENTS);
 	if (err) {
