@@ -10,6 +10,7 @@
 #include <stdio.h>
 #include <string.h>
 #include <errno.h>
+#include <arpa/inet.h>
 
 #include <cmocka.h>
 
@@ -152,6 +153,123 @@ static void test_hostlist_empty_spec_is_empty_list(void **state)
 	assert_int_equal(l.n, 0);
 }
 
+/*
+ * Flows to the intercept host's addresses (the policy DNS's answers, or
+ * EGRESSD_INTERCEPT_CIDRS) and ECH hellos, in both phases: whatever the
+ * hello names, they are intercepted (or, with ECH, refused), never tunnelled.
+ */
+struct arow {
+	const char *name;
+	enum egd_phase phase;
+	enum egd_proto proto;
+	const char *host;
+	int ech;
+	const char *orig;
+	int orig_intercept; /* in the intercept-address table */
+	int ech_allow;
+	enum egd_verdict verdict;
+	enum egd_reason reason;
+};
+
+#define IA EGD_REASON_INTERCEPT_ADDR
+static const struct arow arows[] = {
+	{ "DNS-answered address, no SNI, verification", V, TLS, "", 0, "198.51.100.7", 1, 0,
+	  INTERCEPT, IA },
+	{ "DNS-answered address, fronting SNI, verification", V, TLS, "cdn.example", 0,
+	  "198.51.100.7", 1, 0, INTERCEPT, IA },
+	{ "DNS-answered address, plain HTTP with another Host, verification", V, HTTP,
+	  "cdn.example", 0, "198.51.100.7", 1, 0, INTERCEPT, IA },
+	{ "DNS-answered address, no bytes at all, verification", V, TCP, "", 0, "198.51.100.7",
+	  1, 0, INTERCEPT, IA },
+	{ "DNS-answered address, fronting SNI, agent phase", A, TLS, "cdn.example", 0,
+	  "198.51.100.7", 1, 0, INTERCEPT, IA },
+	{ "address not answered, fronting SNI, verification: tunnelled", V, TLS, "cdn.example",
+	  0, "198.51.100.9", 0, 0, TUNNEL, EGD_REASON_VERIFICATION },
+	{ "in EGRESSD_INTERCEPT_CIDRS, no SNI, verification", V, TLS, "", 0, "203.0.113.77", 0,
+	  0, INTERCEPT, IA },
+	{ "in the v6 CIDR, fronting SNI, verification", V, TLS, "cdn.example", 0,
+	  "2001:db8:aa::5", 0, 0, INTERCEPT, IA },
+	{ "v4-mapped spelling of a CIDR address", V, TLS, "", 0, "::ffff:203.0.113.9", 0, 0,
+	  INTERCEPT, IA },
+	{ "just outside the v6 CIDR", V, TLS, "", 0, "2001:db8:ab::5", 0, 0, TUNNEL,
+	  EGD_REASON_VERIFICATION },
+	{ "intercept host by SNI keeps its reason", V, TLS, "openrouter.ai", 0, "198.51.100.7",
+	  1, 0, INTERCEPT, EGD_REASON_INTERCEPT_HOST },
+	{ "ECH hello, verification: refused", V, TLS, "cdn.example", 1, "198.51.100.9", 0, 0,
+	  DENY, EGD_REASON_ECH },
+	{ "ECH hello, agent phase: refused", A, TLS, "pypi.org", 1, "198.51.100.9", 0, 0, DENY,
+	  EGD_REASON_ECH },
+	{ "ECH hello to an intercept address: refused, not tunnelled", V, TLS, "cdn.example",
+	  1, "198.51.100.7", 1, 0, DENY, EGD_REASON_ECH },
+	{ "ECH hello naming the intercept host outside: refused", V, TLS, "openrouter.ai", 1,
+	  "198.51.100.7", 1, 0, DENY, EGD_REASON_ECH },
+	{ "EGRESSD_ECH=allow: judged by outer SNI, verification", V, TLS, "cdn.example", 1,
+	  "198.51.100.9", 0, 1, TUNNEL, EGD_REASON_VERIFICATION },
+	{ "EGRESSD_ECH=allow: an intercept address still intercepted", V, TLS, "cdn.example",
+	  1, "198.51.100.7", 1, 1, INTERCEPT, IA },
+};
+
+static void test_intercept_addr_and_ech_table(void **state)
+{
+	struct egd_policy p = policy;
+
+	(void)state;
+	assert_int_equal(egd_cidrlist_parse(&p.intercept_cidrs, "203.0.113.0/24, 2001:db8:aa::/48",
+					    NULL, 0),
+			 0);
+	for (size_t i = 0; i < sizeof(arows) / sizeof(arows[0]); i++) {
+		const struct arow *r = &arows[i];
+		struct egd_intent in = { .phase = r->phase, .has_orig = 1 };
+		struct egd_decision d;
+
+		if (inet_pton(AF_INET, r->orig, in.orig.addr) == 1) {
+			in.orig.family = EGD_AF_INET;
+		} else {
+			assert_int_equal(inet_pton(AF_INET6, r->orig, in.orig.addr), 1);
+			in.orig.family = EGD_AF_INET6;
+		}
+		in.orig.port = htons(443);
+		in.orig_intercept = r->orig_intercept;
+		in.sniff.proto = r->proto;
+		in.sniff.tls_ech = r->ech;
+		snprintf(in.sniff.host, sizeof(in.sniff.host), "%s", r->host);
+		p.ech_allow = r->ech_allow;
+		d = egd_decide(&p, &in);
+		print_message("%-70s -> %s/%s\n", r->name, egd_verdict_name(d.verdict),
+			      egd_reason_name(d.reason));
+		assert_int_equal(d.verdict, r->verdict);
+		assert_int_equal(d.reason, r->reason);
+		assert_int_equal(d.dial_by_name, 0);
+	}
+}
+
+static void test_cidrlist_parse(void **state)
+{
+	static const char *const bad[] = { "203.0.113.0/33", "2001:db8::/129", "example.com",
+					   "10.0.0.0/", "10.0.0.0/x", "10.0.0.0/-1" };
+	struct egd_cidrlist l;
+	struct egd_addr a = { .family = EGD_AF_INET };
+	char which[300];
+
+	(void)state;
+	assert_int_equal(egd_cidrlist_parse(&l, "", NULL, 0), 0);
+	assert_int_equal(l.n, 0);
+	assert_int_equal(egd_cidrlist_parse(&l, "10.1.2.3/8 192.0.2.7,::/0", NULL, 0), 0);
+	assert_int_equal(l.n, 3);
+	assert_int_equal(l.c[0].net.addr[0], htonl(0x0a000000)); /* host bits cleared */
+	a.addr[0] = htonl(0x0a090909);
+	assert_true(egd_cidrlist_match(&l, &a));
+	a.addr[0] = htonl(0xc0000207);
+	assert_true(egd_cidrlist_match(&l, &a));
+	a.addr[0] = htonl(0xc0000208);
+	assert_false(egd_cidrlist_match(&l, &a)); /* a lone address is a /32 */
+	for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+		assert_int_equal(egd_cidrlist_parse(&l, bad[i], which, sizeof(which)), -EINVAL);
+		assert_string_equal(which, bad[i]);
+		assert_int_equal(l.n, 0);
+	}
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -159,6 +277,8 @@ int main(void)
 		cmocka_unit_test(test_hostlist_normalizes_case_and_trailing_dot),
 		cmocka_unit_test(test_hostlist_rejects_bad_patterns),
 		cmocka_unit_test(test_hostlist_empty_spec_is_empty_list),
+		cmocka_unit_test(test_intercept_addr_and_ech_table),
+		cmocka_unit_test(test_cidrlist_parse),
 	};
 
 	return cmocka_run_group_tests(tests, setup, NULL);
