@@ -20,32 +20,43 @@ egd_setup_dns() {
 	UP=$T/upstream-dns.jsonl
 	in_srv python3 "$FIX/dns_server.py" --listen $SRV4 --listen "$SRV6" --log "$UP" \
 		--ready "$T/dns.ready" --ttl 3600 \
-		--record openrouter.ai:A:198.51.100.7 --record openrouter.ai:AAAA:2001:db8::7 \
+		--record openrouter.ai:A:$SRV4 --record openrouter.ai:AAAA:$SRV6 \
 		--record openrouter.ai:HTTPS:ech-config --record openrouter.ai:TXT:secret \
 		--record pypi.org:A:198.51.100.8 --record pypi.org:AAAA:2001:db8::8 \
 		--record pypi.org:TXT:pypi-txt \
 		--record files.pythonhosted.org:A:198.51.100.9 \
-		--record other.example:A:198.51.100.10 --record other.example:TXT:other-txt \
+		--record other.example:A:198.51.100.20 --record other.example:TXT:other-txt \
 		--record other.example:HTTPS:other-ech \
 		$(for i in 1 2 3 4 5; do printf -- '--record big.example:TXT:%0200d ' $i; done) \
 		>"$T/dns.out" 2>&1 3>&- &
 	SERVERS_PID=$!
 	wait_for 10 test -e "$T/dns.ready"
-	if [ "$MODE" = nft ]; then
-		egd_start_daemon --mode nft --resolvers $SRV4 \
-			--agent-allow "pypi.org,*.pythonhosted.org"
-	else
-		egd_attach
-		egd_start_daemon --mode bpf --resolvers $SRV4 \
-			--agent-allow "pypi.org,*.pythonhosted.org"
-	fi
+	# A TLS server where openrouter.ai resolves, for the intercept-address
+	# tests: what reaches it was tunnelled, not policed.
+	egd_cert
+	in_srv python3 "$FIX/servers.py" --cert "$T/cert.pem" --key "$T/key.pem" \
+		--log "$T/server.log" --ready "$T/servers.ready" --tls $SRV4:443 \
+		>"$T/servers.out" 2>&1 3>&- &
+	TLS_PID=$!
+	wait_for 10 test -e "$T/servers.ready"
+	[ "$MODE" = nft ] || egd_attach
+	dns_daemon "$@"
+}
+
+# dns_daemon [flags...]: (re)start the daemon with the policy DNS's flags.
+dns_daemon() {
+	egd_start_daemon --mode "$MODE" --resolvers $SRV4 \
+		--agent-allow "pypi.org,*.pythonhosted.org" "$@"
 	# A refused name: answered without touching the resolver or the cache.
 	wait_for 10 exempt dig +time=1 +tries=1 @127.0.0.1 -p 15053 ready.invalid
 	: >"$UP"
 }
 
 setup() { egd_setup_dns; }
-teardown() { egd_teardown; }
+teardown() {
+	[ -n "${TLS_PID:-}" ] && kill "$TLS_PID" 2>/dev/null
+	egd_teardown
+}
 
 # ask [dig options...]: dig from the agent's cgroup, v4 listener by default
 ask() {
@@ -73,11 +84,11 @@ upstream_saw() { # upstream_saw QNAME QTYPE
 @test "agent phase: the intercept host gets the daemon's A and AAAA, TTL capped at 30" {
 	run ask @127.0.0.1 openrouter.ai A +noall +answer
 	[ "$status" -eq 0 ]
-	[[ "$output" == *"198.51.100.7"* ]]
+	[[ "$output" == *"$SRV4"* ]]
 	ttl=$(awk '$4 == "A" { print $2 }' <<<"$output")
 	[ -n "$ttl" ] && [ "$ttl" -le 30 ]
 	run ask @::1 +tcp openrouter.ai AAAA +noall +answer
-	[[ "$output" == *"2001:db8::7"* ]]
+	[[ "$output" == *"$SRV6"* ]]
 	# The daemon asked the resolver itself, once per type.
 	upstream_saw openrouter.ai A
 	upstream_saw openrouter.ai AAAA
@@ -181,7 +192,7 @@ while t.recv(65535):
     pass
 PY
 	run ask @127.0.0.1 openrouter.ai A +short
-	[[ "$output" == *"198.51.100.7"* ]]
+	[[ "$output" == *"$SRV4"* ]]
 	kill -0 "$DAEMON_PID"
 	[ "$(metric 'egressd_dns_queries_total{verdict="malformed"}')" -ge 5 ]
 }
@@ -239,4 +250,110 @@ PY
 	run ask @127.0.0.1 pypi.org AAAA +time=8
 	[[ "$output" == *"status: SERVFAIL"* ]]
 	[ "$(metric 'egressd_dns_upstream_failures_total')" -ge 1 ]
+}
+
+# --- decisions that rest on the policy DNS -------------------------------------
+
+# The last `run` was answered by the policy proxy (a JSON error: no key is
+# configured, or Host differs from SNI), not by the server behind it.
+policed() {
+	[[ "$output" == *'{"detail":'* && "$output" != *hello-tls* ]]
+}
+
+# tls_get SNI [Host]: an HTTPS GET to $SRV4:443 from the agent, SNI and Host
+# as given; prints the status line or body, or "failed".
+tls_get() {
+	agent python3 - "$SRV4" "$1" "${2:-$1}" <<'PY'
+import socket, ssl, sys
+addr, sni, host = sys.argv[1:4]
+ctx = ssl.create_default_context()
+ctx.check_hostname = False
+ctx.verify_mode = ssl.CERT_NONE
+try:
+    s = ctx.wrap_socket(socket.create_connection((addr, 443), 5), server_hostname=sni or None)
+    s.sendall(f"GET / HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n".encode())
+    data = b""
+    while True:
+        d = s.recv(65536)
+        if not d:
+            break
+        data += d
+    print(data.decode("latin-1"))
+except Exception as e:
+    print("failed:", e)
+PY
+}
+
+@test "verification phase: an address the DNS gave for openrouter.ai is policed whatever the SNI" {
+	flip_to_verification
+	# Before the agent asked: a fronting SNI to that address is tunnelled
+	# (the control: the same request can reach the server).
+	run tls_get cdn.example openrouter.ai
+	[[ "$output" == *"hello-tls sni=cdn.example"* ]]
+	: >"$T/server.log"
+	run ask @127.0.0.1 openrouter.ai A +short
+	[[ "$output" == *"$SRV4"* ]]
+	# Now the policy proxy answers, and the server sees nothing.
+	run tls_get cdn.example openrouter.ai
+	policed
+	run tls_get "" openrouter.ai
+	policed
+	run agent curl -s -m 5 -H "Host: openrouter.ai" "http://$SRV4:443/"
+	policed
+	sleep 0.2
+	! grep -q '"kind": "tls"' "$T/server.log"
+	audit_has event=decision phase=verification host=cdn.example verdict=intercept \
+		reason=intercept-addr
+	[ "$(metric egressd_dns_intercept_addresses)" -ge 1 ]
+}
+
+@test "EGRESSD_INTERCEPT_CIDRS: TCP into them is policed without any DNS answer" {
+	kill "$DAEMON_PID"
+	wait "$DAEMON_PID" 2>/dev/null || true
+	dns_daemon --intercept-cidrs "198.51.100.0/28,2001:db8::/64"
+	flip_to_verification
+	run tls_get cdn.example
+	policed
+	sleep 0.2
+	! grep -q '"kind": "tls"' "$T/server.log"
+	audit_has event=decision host=cdn.example verdict=intercept reason=intercept-addr
+}
+
+# A ClientHello with SNI cdn.example and an encrypted_client_hello
+# extension (0xfe0d, outer variant with a junk payload): the sniffer sees
+# the extension; the daemon must answer access_denied in both phases.
+ech_hello() {
+	agent python3 - "$SRV4" <<'PY'
+import os, socket, struct, sys
+def ext(t, body):
+    return struct.pack("!HH", t, len(body)) + body
+sni = b"cdn.example"
+exts = ext(0, struct.pack("!HBH", len(sni) + 3, 0, len(sni)) + sni)
+exts += ext(10, b"\x00\x02\x00\x1d") + ext(13, b"\x00\x02\x04\x03")
+exts += ext(43, b"\x02\x03\x04") + ext(51, b"\x00\x24\x00\x1d\x00\x20" + os.urandom(32))
+exts += ext(0xfe0d, b"\x00\x00\x01\x00\x01\x07\x00\x20" + os.urandom(32) + b"\x00\x10" + os.urandom(16))
+body = b"\x03\x03" + os.urandom(32) + b"\x20" + os.urandom(32) + b"\x00\x02\x13\x01\x01\x00"
+body += struct.pack("!H", len(exts)) + exts
+hs = b"\x01" + struct.pack("!I", len(body))[1:] + body
+rec = b"\x16\x03\x01" + struct.pack("!H", len(hs)) + hs
+s = socket.create_connection((sys.argv[1], 443), 5)
+s.sendall(rec)
+s.settimeout(5)
+try:
+    print(s.recv(100).hex())
+except Exception as e:
+    print("failed:", e)
+PY
+}
+
+@test "ECH hellos are refused in both phases, with an audit reason" {
+	run ech_hello
+	[ "$output" = "15030300020231" ]
+	flip_to_verification
+	run ech_hello
+	[ "$output" = "15030300020231" ]
+	sleep 0.2
+	! grep -q '"kind": "tls"' "$T/server.log"
+	audit_has event=decision phase=verification host=cdn.example verdict=deny reason=ech
+	audit_has event=decision phase=agent verdict=deny reason=ech
 }
