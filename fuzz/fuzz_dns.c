@@ -5,8 +5,9 @@
  * was parsed; a query that parsed is forwarded (the built query must parse
  * again, without ECS or cookie) and the input, with QR set, is relayed as
  * if it were the upstream's answer to it. Besides memory safety it checks
- * the promises of dns.h: answers never pass the size limit given, and the
- * text form of a name is always terminated.
+ * the promises of dns.h: answers never pass the size limit given, what is
+ * relayed is well-formed, and the text form of a name is always terminated.
+ * The input is also read as an answer, for its address records.
  */
 #include <stdint.h>
 #include <stdlib.h>
@@ -15,6 +16,17 @@
 #include "egress/dns.h"
 
 static uint8_t out[EGD_DNS_MSG_MAX_BYTES];
+static size_t addrs;
+
+static void count_addr(void *arg, const char *owner, int plain, const struct egd_dns_rr *rr)
+{
+	(void)arg;
+	(void)plain;
+	if (strnlen(owner, EGD_DNS_TEXT_MAX_BYTES) == EGD_DNS_TEXT_MAX_BYTES ||
+	    (rr->type != EGD_DNS_T_A && rr->type != EGD_DNS_T_AAAA))
+		abort();
+	addrs++;
+}
 static uint8_t copy[EGD_DNS_MSG_MAX_BYTES + 1];
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
@@ -27,6 +39,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	int rc, n;
 	size_t limit;
 
+	egd_dns_answer_addrs(data, size, count_addr, NULL);
 	rc = egd_dns_parse_query(data, size, &q);
 	if (strnlen(q.qname, sizeof(q.qname)) == sizeof(q.qname))
 		abort();
@@ -51,5 +64,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	n = egd_dns_relay_answer(&q, copy, size, 30, limit, out, sizeof(out));
 	if (n > (int)limit)
 		abort();
+	if (n > 0 && egd_dns_answer_addrs(out, (size_t)n, count_addr, NULL) < 0)
+		abort(); /* what we relay is well-formed */
 	return 0;
 }

@@ -26,7 +26,7 @@ egd_setup_dns() {
 		--record pypi.org:TXT:pypi-txt \
 		--record files.pythonhosted.org:A:198.51.100.9 \
 		--record other.example:A:198.51.100.20 --record other.example:TXT:other-txt \
-		--record other.example:HTTPS:other-ech \
+		--record other.example:HTTPS:other-ech --record alias.example:CNAME:openrouter.ai \
 		$(for i in 1 2 3 4 5; do printf -- '--record big.example:TXT:%0200d ' $i; done) \
 		>"$T/dns.out" 2>&1 3>&- &
 	SERVERS_PID=$!
@@ -305,6 +305,20 @@ PY
 	audit_has event=decision phase=verification host=cdn.example verdict=intercept \
 		reason=intercept-addr
 	[ "$(metric egressd_dns_intercept_addresses)" -ge 1 ]
+}
+
+@test "verification phase: openrouter.ai's address under another name (CNAME) is policed too" {
+	flip_to_verification
+	run ask @127.0.0.1 alias.example A +noall +answer
+	[[ "$output" == *"CNAME"*"openrouter.ai."* && "$output" == *"$SRV4"* ]]
+	# Only the forwarded query reached the resolver: the daemon did not
+	# resolve openrouter.ai itself, so the address came from the relay.
+	! upstream_saw openrouter.ai A
+	run tls_get cdn.example openrouter.ai
+	policed
+	sleep 0.2
+	! grep -q '"kind": "tls"' "$T/server.log"
+	audit_has event=decision host=cdn.example verdict=intercept reason=intercept-addr
 }
 
 @test "EGRESSD_INTERCEPT_CIDRS: TCP into them is policed without any DNS answer" {

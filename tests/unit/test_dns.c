@@ -535,6 +535,20 @@ static void upstream_answer(struct msg *a, const char *qname, int an)
 	opt(a, 4096, 0, opts, sizeof(opts));
 }
 
+static void count_owner(void *arg, const char *owner, int plain, const struct egd_dns_rr *rr)
+{
+	static const uint8_t first[4] = { 0xc6, 0x33, 0x64, 0x00 };
+	int *seen = arg;
+
+	assert_string_equal(owner, "other.example"); /* the pointer followed, lowercased */
+	assert_true(plain);
+	assert_int_equal(rr->type, EGD_DNS_T_A);
+	assert_int_equal(rr->ttl, 30);
+	if (*seen == 0)
+		assert_memory_equal(rr->addr, first, 4);
+	(*seen)++;
+}
+
 static void test_relay(void **state)
 {
 	static struct msg up;
@@ -559,6 +573,13 @@ static void test_relay(void **state)
 	assert_int_equal(g16(out.b + qlen + 8), 30); /* 3600 capped */
 	assert_int_equal(g16(out.b + n - 2), 0);     /* OPT: no cookie, no ECS */
 
+	/* The relayed answer's address records, for the intercept table. */
+	{
+		int seen = 0;
+
+		assert_int_equal(egd_dns_answer_addrs(out.b, (size_t)n, count_owner, &seen), 2);
+		assert_int_equal(seen, 2);
+	}
 	/* Another question: refused as an answer. */
 	upstream_answer(&up, "other.exampl", 1);
 	assert_int_equal(egd_dns_relay_answer(&q, up.b, up.n, 30, 512, out.b, sizeof(out.b)),

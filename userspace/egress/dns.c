@@ -462,6 +462,49 @@ int egd_dns_relay_answer(const struct egd_dns_query *q, const uint8_t *in, size_
 	return (int)o;
 }
 
+int egd_dns_answer_addrs(const uint8_t *msg, size_t len, egd_dns_addr_cb cb, void *arg)
+{
+	uint8_t wire[EGD_DNS_NAME_WIRE_MAX_BYTES];
+	char text[EGD_DNS_TEXT_MAX_BYTES];
+	size_t off = HDR_BYTES;
+	uint16_t qd, an;
+	int found = 0;
+
+	if (len < HDR_BYTES)
+		return -EBADMSG;
+	qd = get16(msg + 4);
+	an = get16(msg + 6);
+	for (uint16_t i = 0; i < qd; i++) {
+		if (skip_name(msg, len, &off) || len - off < 4)
+			return -EBADMSG;
+		off += 4;
+	}
+	for (uint16_t i = 0; i < an; i++) {
+		struct egd_dns_rr rr = { 0 };
+		uint16_t rdlen;
+
+		if (read_name(msg, len, &off, wire) < 0 || len - off < RR_FIXED_BYTES)
+			return -EBADMSG;
+		rr.type = get16(msg + off);
+		rr.ttl = get32(msg + off + 4);
+		rdlen = get16(msg + off + 8);
+		off += RR_FIXED_BYTES;
+		if (rdlen > len - off)
+			return -EBADMSG;
+		if (get16(msg + off - 8) == EGD_DNS_CLASS_IN &&
+		    ((rr.type == EGD_DNS_T_A && rdlen == 4) ||
+		     (rr.type == EGD_DNS_T_AAAA && rdlen == 16))) {
+			int plain = name_text(wire, text, sizeof(text));
+
+			memcpy(rr.addr, msg + off, rdlen);
+			cb(arg, text, plain, &rr);
+			found++;
+		}
+		off += rdlen;
+	}
+	return found;
+}
+
 const char *egd_dns_type_name(uint16_t type, char *buf, size_t len)
 {
 	static const struct {

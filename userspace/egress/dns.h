@@ -134,6 +134,16 @@ int egd_dns_build_forward(const struct egd_dns_query *q, uint16_t id, uint8_t *o
 int egd_dns_relay_answer(const struct egd_dns_query *q, const uint8_t *in, size_t len,
 			 uint32_t max_ttl_s, size_t limit, uint8_t *out, size_t cap);
 
+/*
+ * Call @cb for every A and AAAA record in the answer section of the
+ * (already relayed, hence well-formed) answer @msg, with its owner's text
+ * form (as egd_dns_query.qname: lowercase, escaped) and whether that is a
+ * plain host name. Returns the number of records, or -EBADMSG.
+ */
+typedef void (*egd_dns_addr_cb)(void *arg, const char *owner, int plain,
+				const struct egd_dns_rr *rr);
+int egd_dns_answer_addrs(const uint8_t *msg, size_t len, egd_dns_addr_cb cb, void *arg);
+
 /* "A", "AAAA", "HTTPS", ... or "TYPE<n>" in @buf. */
 const char *egd_dns_type_name(uint16_t type, char *buf, size_t len);
 /* "NOERROR", "REFUSED", ... */

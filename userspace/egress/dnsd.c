@@ -670,6 +670,30 @@ static void resolve(struct egd_dnsd *s, struct req *r)
 
 /* --- forwarding (verification phase) ---------------------------------------- */
 
+/*
+ * A relayed answer can carry the intercept host's addresses under another
+ * name's question (alias.example CNAME openrouter.ai): every A/AAAA record
+ * whose owner is an intercept host is remembered like the daemon's own.
+ */
+static void remember_owner(void *arg, const char *owner, int plain, const struct egd_dns_rr *rr)
+{
+	struct egd_dnsd *s = arg;
+	char host[EGD_HOST_MAX];
+	struct egd_ip ip = { .family = rr->type == EGD_DNS_T_A ? EGD_AF_INET : EGD_AF_INET6 };
+	uint32_t ttl = rr->ttl < s->cfg.max_ttl_s ? rr->ttl : s->cfg.max_ttl_s;
+
+	if (!plain || strlen(owner) >= sizeof(host))
+		return;
+	memcpy(host, owner, strlen(owner) + 1);
+	if (egd_host_normalize(host) || !egd_hostlist_match(&s->cfg.policy->intercept, host))
+		return;
+	memcpy(ip.addr, rr->addr, rr->type == EGD_DNS_T_A ? 4 : 16);
+	if (egd_icaddr_add(s->cfg.icaddr, &ip, host,
+			   egd_icaddr_now_ns() +
+				   ((uint64_t)ttl + EGD_DNSD_ICADDR_GRACE_S) * 1000000000ull))
+		egd_warn("dns: intercept address for %s not pushed to the datapath", host);
+}
+
 static void on_forwarded(void *arg, int status, int timeouts, unsigned char *abuf, int alen)
 {
 	struct req *r = arg;
@@ -688,6 +712,8 @@ static void on_forwarded(void *arg, int status, int timeouts, unsigned char *abu
 		EGD_COUNTER_INC(s->m.upstream_failures);
 		answer(s, r, EGD_DNS_SERVFAIL, NULL, 0);
 	} else {
+		if (s->cfg.icaddr)
+			egd_dns_answer_addrs(s->out, (size_t)len, remember_owner, s);
 		send_msg(s, r, s->out, len, s->out[3] & 0xf);
 	}
 	req_done(s, r);
