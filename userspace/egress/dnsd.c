@@ -867,7 +867,9 @@ static void conn_close(struct tcp_conn *c)
 
 static void conn_update(struct tcp_conn *c)
 {
-	uint32_t ev = EPOLLRDHUP;
+	/* Level-triggered: once the client's FIN is read, RDHUP would be
+	 * reported on every turn while its last answers are on their way. */
+	uint32_t ev = c->eof ? 0 : EPOLLRDHUP;
 
 	if (c->dead)
 		return;
@@ -923,7 +925,8 @@ static void on_conn(struct egd_watch *w, uint32_t events)
 
 	if (c->dead)
 		return;
-	if (events & EPOLLERR) {
+	/* An error, or both directions shut: nobody to answer. */
+	if (events & (EPOLLERR | EPOLLHUP)) {
 		conn_close(c);
 		return;
 	}
@@ -932,7 +935,7 @@ static void on_conn(struct egd_watch *w, uint32_t events)
 		if (c->dead)
 			return;
 	}
-	if (events & (EPOLLIN | EPOLLRDHUP | EPOLLHUP)) {
+	if (events & (EPOLLIN | EPOLLRDHUP)) {
 		while (c->rlen < sizeof(c->rbuf)) {
 			ssize_t n = recv(c->w.fd, c->rbuf + c->rlen, sizeof(c->rbuf) - c->rlen,
 					 MSG_DONTWAIT);
