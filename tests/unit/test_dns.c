@@ -44,6 +44,8 @@ static void u32(struct msg *m, uint32_t v)
 
 static void raw(struct msg *m, const void *p, size_t n)
 {
+	if (!n)
+		return;
 	memcpy(m->b + m->n, p, n);
 	m->n += n;
 }
