@@ -49,7 +49,7 @@ static const struct opt opts[] = {
 	{ "dns-listen", "EGRESSD_DNS_LISTEN", "127.0.0.1:15053", OPT_PORT, OFF(dns_port), 0, 0,
 	  "policy DNS on UDP and TCP (also on [::1] at the same port)" },
 	{ "dns-max-ttl-s", "EGRESSD_DNS_MAX_TTL_S", "30", OPT_UINT, OFF(dns_max_ttl_s), 1, 86400,
-	  "TTL cap of the policy DNS's answers (and of intercept addresses)" },
+	  "TTL cap of the policy DNS's answers, its own and relayed" },
 	{ "admin-listen", "EGRESSD_ADMIN_LISTEN", "127.0.0.1:15000", OPT_HOSTPORT_OFF, OFF(admin), 0,
 	  0, "/healthz, /readyz, /metrics; \"off\" disables" },
 	{ "sentinel", "EGRESSD_SENTINEL", "/tmp/egress-unlocked", OPT_PATH, OFF(sentinel), 0, 0,

@@ -140,8 +140,9 @@ static void rebuild(struct egd_icaddr_table *t)
 
 		if (old[i].state != SLOT_USED)
 			continue;
-		for (j = hash(&old[i].ip); t->slots[j].state != SLOT_EMPTY; j = (j + 1) % ICADDR_SLOTS)
-			;
+		j = hash(&old[i].ip);
+		while (t->slots[j].state != SLOT_EMPTY)
+			j = (j + 1) % ICADDR_SLOTS;
 		t->slots[j] = old[i];
 	}
 	free(old);
