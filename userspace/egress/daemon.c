@@ -528,6 +528,21 @@ static int start_intercept(struct egd_daemon *d)
 	return d->intercept ? 0 : -errno;
 }
 
+/* BPF mode: a TCP connection the kernel redirected to the policy DNS has
+ * the same record as a captured flow; its cgroup goes into the audit. */
+static int dns_tcp_cgroup(void *arg, const struct egd_addr *peer, const struct egd_addr *local,
+			  uint64_t *cgroup_id)
+{
+	struct egd_daemon *d = arg;
+	struct egd_tuple t = { .src = *peer, .dst = *local };
+	struct egd_orig o;
+	int err = egd_bpf_orig_take(&d->bpf, &t, &o);
+
+	if (!err)
+		*cgroup_id = o.cgroup_id;
+	return err;
+}
+
 /*
  * The policy DNS on worker 0's loop, in every capture mode: the kernel side
  * sends the agent's port-53 traffic to it. In BPF mode the kernel learns
@@ -550,6 +565,10 @@ static int start_dns(struct egd_daemon *d)
 	/* The intercept-address sink (egd_icaddr_set_sink()) is where the
 	 * kernel's intercept-address map is fed from, in BPF mode. */
 	dc.icaddr = d->icaddr;
+	if (d->capture == EGD_CAPTURE_BPF) {
+		dc.tcp_cgroup = dns_tcp_cgroup;
+		dc.tcp_cgroup_arg = d;
+	}
 	d->dnsd = egd_dnsd_new(d->loop, &dc);
 	if (!d->dnsd)
 		return -errno;

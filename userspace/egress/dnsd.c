@@ -52,6 +52,7 @@ struct tcp_conn {
 	struct egd_dnsd *s;
 	struct tcp_conn *prev, *next;
 	struct egd_addr peer;
+	uint64_t cgroup_id;
 	uint8_t rbuf[2 + EGD_DNS_MSG_MAX_BYTES];
 	size_t rlen;
 	uint8_t *wbuf;
@@ -70,6 +71,7 @@ struct req {
 	struct sockaddr_storage peer;
 	socklen_t peer_len;
 	struct egd_addr src;
+	uint64_t cgroup_id;
 	struct tcp_conn *conn;
 	enum egd_phase phase;
 	enum egd_dns_verdict verdict;
@@ -103,6 +105,7 @@ struct udp_sock {
 struct tcp_listener {
 	struct egd_watch w;
 	struct egd_dnsd *s;
+	struct egd_addr addr; /* bound: the local end of every accept */
 };
 
 struct dnsd_metrics {
@@ -254,7 +257,7 @@ static void audit_req(struct egd_dnsd *s, const struct req *r, int rcode)
 	char tbuf[16];
 	struct egd_audit_dns a = {
 		.phase = r->phase,
-		.cgroup_id = 0, /* not known for a datagram; see README */
+		.cgroup_id = r->cgroup_id, /* 0: not known (every datagram) */
 		.src = &r->src,
 		.proto = r->xport == X_TCP ? "tcp" : "udp",
 		.qname = r->q.has_question ? r->q.qname : "",
@@ -903,6 +906,7 @@ static void conn_process(struct tcp_conn *c)
 		r.xport = X_TCP;
 		r.conn = c;
 		r.src = c->peer;
+		r.cgroup_id = c->cgroup_id;
 		handle(c->s, &r, c->rbuf + off + 2, flen);
 		off += 2 + flen;
 	}
@@ -999,6 +1003,9 @@ static void on_accept(struct egd_watch *w, uint32_t events)
 		c->idle.cb = on_conn_idle;
 		c->events = EPOLLIN | EPOLLRDHUP;
 		egd_addr_from_sockaddr(&c->peer, (struct sockaddr *)&ss);
+		if (s->cfg.tcp_cgroup &&
+		    s->cfg.tcp_cgroup(s->cfg.tcp_cgroup_arg, &c->peer, &l->addr, &c->cgroup_id))
+			c->cgroup_id = 0;
 		if (egd_loop_add(s->loop, &c->w, c->events)) {
 			close(fd);
 			free(c);
@@ -1015,7 +1022,7 @@ static void on_accept(struct egd_watch *w, uint32_t events)
 
 /* --- setup ---------------------------------------------------------------------- */
 
-static int open_sock(int family, int type, uint16_t port)
+static int open_sock(int family, int type, uint16_t port, struct egd_addr *bound)
 {
 	struct sockaddr_storage ss;
 	struct egd_addr a = { .family = family == AF_INET ? EGD_AF_INET : EGD_AF_INET6 };
@@ -1030,6 +1037,8 @@ static int open_sock(int family, int type, uint16_t port)
 		a.addr[3] = htonl(1);
 	sl = egd_addr_to_sockaddr(&a, &ss);
 	egd_addr_format(&a, name, sizeof(name));
+	if (bound)
+		*bound = a;
 	fd = socket(family, type | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
 	if (fd < 0)
 		return -errno;
@@ -1072,19 +1081,19 @@ struct egd_dnsd *egd_dnsd_new(struct egd_loop *loop, const struct egd_dnsd_confi
 	if (err)
 		goto fail;
 
-	fd = open_sock(AF_INET, SOCK_DGRAM, cfg->port);
+	fd = open_sock(AF_INET, SOCK_DGRAM, cfg->port, NULL);
 	if (fd < 0 || (err = watch(s, &s->udp4.w, fd, on_udp)))
 		goto fail_fd;
-	fd = open_sock(AF_INET, SOCK_STREAM, cfg->port);
+	fd = open_sock(AF_INET, SOCK_STREAM, cfg->port, &s->tcp4.addr);
 	if (fd < 0 || (err = watch(s, &s->tcp4.w, fd, on_accept)))
 		goto fail_fd;
 	/* No IPv6 loopback (a kernel without IPv6): v6 queries land nowhere
 	 * and fail, closed, as the capture listener's do. */
-	fd = open_sock(AF_INET6, SOCK_DGRAM, cfg->port);
+	fd = open_sock(AF_INET6, SOCK_DGRAM, cfg->port, NULL);
 	if (fd >= 0 && (err = watch(s, &s->udp6.w, fd, on_udp)))
 		goto fail_fd;
 	if (fd >= 0) {
-		fd = open_sock(AF_INET6, SOCK_STREAM, cfg->port);
+		fd = open_sock(AF_INET6, SOCK_STREAM, cfg->port, &s->tcp6.addr);
 		if (fd < 0 || (err = watch(s, &s->tcp6.w, fd, on_accept)))
 			goto fail_fd;
 	} else {

@@ -73,6 +73,16 @@ struct egd_dnsd_config {
 	const enum egd_phase *phase;	  /* read with __atomic on every query */
 	const char *resolvers;	   /* EGRESSD_RESOLVERS; NULL: /etc/resolv.conf */
 	struct egd_icaddr_table *icaddr; /* may be NULL */
+	/*
+	 * Optional: the cgroup of the agent behind an accepted TCP connection
+	 * (@peer its end, @local the listener's), from the capture's record
+	 * of a redirected connect (taking the record also frees it). 0 or
+	 * -ENOENT (a direct dial: the cgroup stays 0, unknown). A datagram
+	 * carries no such record, so UDP queries are audited with cgroup 0.
+	 */
+	int (*tcp_cgroup)(void *arg, const struct egd_addr *peer, const struct egd_addr *local,
+			  uint64_t *cgroup_id);
+	void *tcp_cgroup_arg;
 };
 
 /*
