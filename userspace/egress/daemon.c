@@ -357,9 +357,7 @@ static int setup_nft(struct egd_daemon *d)
 	uint16_t admin = d->cfg.admin.family ? ntohs(d->cfg.admin.port) : 0;
 
 	d->capture = EGD_CAPTURE_NFT;
-	/* The policy DNS listens on EGD_DEFAULT_DNS_PORT until
-	 * EGRESSD_DNS_LISTEN exists; then pass its port here. */
-	return egd_nftmode_config(&d->nft, d->cfg.listen_port, EGD_DEFAULT_DNS_PORT, admin);
+	return egd_nftmode_config(&d->nft, d->cfg.listen_port, d->cfg.dns_port, admin);
 }
 
 /* --mode auto: BPF when `egressd attach` left its maps pinned, else nft. */
@@ -543,6 +541,17 @@ static int dns_tcp_cgroup(void *arg, const struct egd_addr *peer, const struct e
 	return err;
 }
 
+/* nft mode: the intercept-address table feeds the ruleset's set, which
+ * refuses UDP (QUIC) to those addresses. */
+static int icaddr_to_nft(void *arg, const struct egd_ip *ip, uint64_t expires_ns)
+{
+	uint64_t now = egd_icaddr_now_ns();
+	uint64_t left_s = expires_ns > now ? (expires_ns - now + 999999999ull) / 1000000000ull : 1;
+
+	(void)arg;
+	return egd_nft_icaddr_add(ip, left_s > UINT32_MAX ? UINT32_MAX : (uint32_t)left_s);
+}
+
 /*
  * The policy DNS on worker 0's loop, in every capture mode: the kernel side
  * sends the agent's port-53 traffic to it. In BPF mode the kernel learns
@@ -562,8 +571,10 @@ static int start_dns(struct egd_daemon *d)
 	d->icaddr = egd_icaddr_new();
 	if (!d->icaddr)
 		return -errno;
-	/* The intercept-address sink (egd_icaddr_set_sink()) is where the
-	 * kernel's intercept-address map is fed from, in BPF mode. */
+	/* The intercept-address sink (egd_icaddr_set_sink()) feeds the
+	 * datapath: nft mode's set here; the BPF map in BPF mode. */
+	if (d->capture == EGD_CAPTURE_NFT)
+		egd_icaddr_set_sink(d->icaddr, icaddr_to_nft, NULL);
 	dc.icaddr = d->icaddr;
 	if (d->capture == EGD_CAPTURE_BPF) {
 		dc.tcp_cgroup = dns_tcp_cgroup;
