@@ -12,6 +12,8 @@
 #include "egress/daemon.h"
 #include "proxy/ca.h"
 #include "proxy/proxy_config.h"
+#include "router/router.h"
+#include "router/router_config.h"
 
 #include <arpa/inet.h>
 #include <errno.h>
@@ -50,9 +52,12 @@ static void usage(FILE *out)
 		"  egressd exec [--phase agent|verification] [SETTINGS] -- CMD [ARG]...\n"
 		"  egressd phase [--pin DIR]\n"
 		"  egressd status [--pin DIR]\n"
-		"  egressd nft-remove        remove the nftables fallback ruleset\n\n"
+		"  egressd nft-remove        remove the nftables fallback ruleset\n"
+		"  egressd router [ROUTER SETTINGS]   the sandboxes' ingress router\n\n"
 		"settings (flag, environment variable, [default]):\n");
 	egd_config_usage(out);
+	fprintf(out, "\nrouter settings (flag, environment variable, [default]):\n");
+	egd_router_config_usage(out);
 	fprintf(out, "\nattach also reads EGRESSD_RESOLVERS (default: nameservers of "
 		     "/etc/resolv.conf).\n");
 }
@@ -802,6 +807,8 @@ int main(int argc, char **argv)
 		return cmd_run(argc - 2, argv + 2);
 	if (strcmp(cmd, "exec") == 0)
 		return cmd_exec(argc - 2, argv + 2);
+	if (strcmp(cmd, "router") == 0)
+		return egd_router_main(argc - 2, argv + 2);
 	if (strcmp(cmd, "nft-remove") == 0)
 		return cmd_nft_remove(argc - 2, argv + 2);
 	if (strcmp(cmd, "phase") == 0)
