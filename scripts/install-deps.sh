@@ -11,7 +11,7 @@ PKGS=(
 	libcurl4-openssl-dev
 	libcmocka-dev bats
 	iproute2 nftables curl socat python3 procps util-linux libcap2-bin
-	nginx-light libnginx-mod-stream
+	nginx-light libnginx-mod-stream wrk
 	python3-yaml docker-compose
 	nodejs
 	bind9-dnsutils dnsmasq-base
