@@ -36,6 +36,7 @@ setup() {
 
 teardown() {
 	[ -n "${SB2_PID:-}" ] && kill "$SB2_PID" 2>/dev/null
+	[ -n "${DNS_PID:-}" ] && kill "$DNS_PID" 2>/dev/null
 	egd_teardown
 	[ -n "${NS_A:-}" ] && rm -rf "/etc/netns/$NS_A"
 	return 0
@@ -261,6 +262,32 @@ open_router() {
 	out=$(rq -H 'X-Sandbox-ID: nosuch' /)
 	[ "$(status_of "$out")" = 502 ]
 	[ "$(detail "$out")" = "Could not connect to the backend sandbox: nosuch" ]
+}
+
+@test "router: names come from DNS too, and a lookup that hangs delays no other request" {
+	in_a python3 "$FIX/dns.py" --map "dnsbox.default.svc.cluster.local=$SRV4" \
+		--log "$T/dns.log" --ready "$T/dns.ready" >/dev/null 2>&1 3>&- &
+	DNS_PID=$!
+	wait_for 5 test -e "$T/dns.ready"
+	open_router
+	out=$(rq -H 'X-Sandbox-ID: dnsbox' /)
+	[ "$(status_of "$out")" = 200 ]
+	[ "$(upstream_header host "$out")" = "dnsbox.default.svc.cluster.local:8888" ]
+	grep -qx dnsbox.default.svc.cluster.local "$T/dns.log"
+	# A name whose nameserver never answers: 504 at the request's timeout.
+	(rq -H 'X-Sandbox-ID: slow' -H 'X-Sandbox-Namespace: x' -H 'X-Sandbox-Timeout: 3' / \
+		>"$T/slow.out") &
+	slow=$!
+	wait_for 2 grep -q '^slow\.' "$T/dns.log"
+	# Meanwhile a fresh lookup (another port, so no pooled connection) is
+	# answered at once: lookups do not queue behind the stuck one.
+	start=$(date +%s%N)
+	out=$(rq -H 'X-Sandbox-ID: dnsbox' -H 'X-Sandbox-Port: 9000' /)
+	[ "$(status_of "$out")" = 200 ]
+	[ $((($(date +%s%N) - start) / 1000000)) -lt 1000 ]
+	wait "$slow"
+	[ "$(status_of "$(cat "$T/slow.out")")" = 504 ]
+	[ "$(detail "$(cat "$T/slow.out")")" = "Timed out waiting for the backend sandbox: slow" ]
 }
 
 @test "router: 504 when the sandbox is slower than X-Sandbox-Timeout, capped by PROXY_TIMEOUT_SECONDS" {

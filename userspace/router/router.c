@@ -44,8 +44,8 @@
 #include "core/grow.h"
 #include "core/log.h"
 #include "core/loop.h"
-#include "core/resolve.h"
 #include "proxy/http1.h"
+#include "router/rdns.h"
 #include "router/route.h"
 #include "router/router_config.h"
 
@@ -148,7 +148,7 @@ struct cconn {
 	size_t in_off, in_len, uin_off, uin_len;
 	struct buf cout, uout, head_copy;
 	struct uconn *up;
-	struct egd_resolve_req *rq;
+	struct egd_rdns_req *rq;
 	struct egd_resolved addrs;
 	size_t addr_i;
 	struct egd_route route;
@@ -173,7 +173,7 @@ struct admin_conn {
 
 struct router {
 	struct egd_loop *loop;
-	struct egd_resolver *resolver;
+	struct egd_rdns *resolver;
 	struct egd_router_config *cfg;
 	struct egd_route_cfg rcfg;
 	struct listener main, admin;
@@ -441,7 +441,7 @@ static int conn_close(struct cconn *c)
 		r->m.ws_open--;
 	if (c->x.t_start && !c->x.counted && c->x.method[0])
 		account(c, c->x.resp_head_sent ? c->x.status : 499);
-	egd_resolve_cancel(c->rq);
+	egd_rdns_cancel(c->rq);
 	uconn_close(c->up);
 	egd_timer_cancel(r->loop, &c->t);
 	egd_loop_del(r->loop, &c->w);
@@ -774,7 +774,7 @@ static int get_upstream(struct cconn *c, int may_pool)
 	}
 	set_state(c, C_RESOLVE);
 	update_interest(c);
-	c->rq = egd_resolve(r->resolver, c->route.host, htons(c->route.port), resolved_cb, c);
+	c->rq = egd_rdns_resolve(r->resolver, c->route.host, htons(c->route.port), resolved_cb, c);
 	if (!c->rq)
 		return upstream_error(c, 0);
 	return 0;
@@ -1264,7 +1264,7 @@ static void conn_timer_cb(struct egd_timer *t)
 	switch (c->st) {
 	case C_RESOLVE:
 	case C_CONNECT:
-		egd_resolve_cancel(c->rq);
+		egd_rdns_cancel(c->rq);
 		c->rq = NULL;
 		upstream_error(c, 1);
 		return;
@@ -1623,7 +1623,7 @@ int egd_router_main(int argc, char **argv)
 	r.loop = egd_loop_new();
 	if (!r.loop)
 		goto out;
-	r.resolver = egd_resolver_new(r.loop);
+	r.resolver = egd_rdns_new(r.loop);
 	if (!r.resolver) {
 		egd_err("router: resolver: %s", strerror(errno));
 		goto out_loop;
@@ -1673,7 +1673,7 @@ out_sig:
 	egd_loop_del(r.loop, &r.sig);
 	close(r.sig.fd);
 out_resolver:
-	egd_resolver_free(r.resolver);
+	egd_rdns_free(r.resolver);
 out_loop:
 	egd_loop_free(r.loop);
 out:
