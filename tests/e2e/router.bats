@@ -100,6 +100,11 @@ hwm_kb() {
 	awk '/VmHWM/ { print $2 }' "/proc/$DAEMON_PID/status"
 }
 
+# metric_is NAME VALUE: for wait_for, which needs a command it can rerun
+metric_is() {
+	[ "$(metric "$1")" = "$2" ]
+}
+
 open_router() {
 	ALLOW_UNAUTHENTICATED_ROUTER=true router_start "$@"
 }
@@ -461,7 +466,7 @@ open_router() {
 	[[ "$output" == *"header: Sec-WebSocket-Protocol: jupyter"* ]]
 	[[ "$output" == *"echo ok: 200000 bytes"* ]]
 	[ "$(metric egressd_router_websockets_total)" = 1 ]
-	wait_for 2 test "$(metric egressd_router_websockets_open)" = 0
+	wait_for 2 metric_is egressd_router_websockets_open 0
 }
 
 @test "router: a WebSocket's first message from the sandbox arrives unasked" {
@@ -507,7 +512,7 @@ open_router() {
 	[ "$(metric egressd_router_pool_idle)" = 1 ]
 	# The sandbox goes away and a new one takes its name and port.
 	kill "$SERVERS_PID" && wait "$SERVERS_PID" 2>/dev/null || true
-	wait_for 2 test "$(metric egressd_router_pool_idle)" = 0
+	wait_for 2 metric_is egressd_router_pool_idle 0
 	nsenter --net="/run/netns/$NS_S" python3 "$FIX/sandbox.py" --listen $SRV4:8888 \
 		--name newbox --ready "$T/sb2.ready" >/dev/null 2>&1 3>&- &
 	SB2_PID=$!
@@ -588,6 +593,59 @@ open_router() {
 		assert all(p > 0 for p in pos) and pos == sorted(pos), text
 		assert text.rstrip().endswith('{"status":"ok"}'), text
 	PY
+}
+
+@test "router: clients that vanish mid-head, mid-body or mid-answer leave no descriptor behind" {
+	open_router
+	rq -H 'X-Sandbox-ID: box' / >/dev/null
+	fds() { ls "/proc/$DAEMON_PID/fd" | wc -l; }
+	fds_at_most() { [ "$(fds)" -le "$1" ]; }
+	# Idle pooled connections expire in a few seconds: count without them.
+	wait_for 10 metric_is egressd_router_pool_idle 0
+	base=$(fds)
+	in_a python3 - <<-'PY'
+		import socket, threading
+		HDR = b"X-Sandbox-ID: box\r\nHost: r\r\n"
+		def one(kind):
+		    s = socket.create_connection(("127.0.0.1", 8080), 5)
+		    s.settimeout(5)
+		    try:
+		        if kind == 0:    # half a head
+		            s.sendall(b"GET / HTTP/1.1\r\nX-Sand")
+		        elif kind == 1:  # a body cut short
+		            s.sendall(b"POST /up HTTP/1.1\r\n" + HDR +
+		                      b"Content-Length: 1000000\r\n\r\n" + b"x" * 10000)
+		        elif kind == 2:  # an answer abandoned after 100 kB
+		            s.sendall(b"GET /big?mb=5 HTTP/1.1\r\n" + HDR + b"\r\n")
+		            got = 0
+		            while got < 100000:
+		                got += len(s.recv(65536))
+		        elif kind == 3:  # gone before a slow answer
+		            s.sendall(b"GET /slow?s=1 HTTP/1.1\r\n" + HDR + b"\r\n")
+		        elif kind == 4:  # a WebSocket dropped without a close frame
+		            s.sendall(b"GET /ws HTTP/1.1\r\n" + HDR + b"Upgrade: websocket\r\n"
+		                      b"Connection: Upgrade\r\nSec-WebSocket-Version: 13\r\n"
+		                      b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n")
+		            s.recv(1000)
+		        else:            # a whole request
+		            s.sendall(b"GET / HTTP/1.1\r\n" + HDR + b"Connection: close\r\n\r\n")
+		            while s.recv(65536):
+		                pass
+		    finally:
+		        s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\0\0\0\0\0\0\0")
+		        s.close()
+		for _ in range(3):
+		    ts = [threading.Thread(target=one, args=(i % 6,)) for i in range(60)]
+		    [t.start() for t in ts]
+		    [t.join() for t in ts]
+	PY
+	# Every client connection ends (the slow answers within a few seconds),
+	# and the pool drains: back to the baseline.
+	wait_for 15 metric_is egressd_router_client_connections 0
+	wait_for 15 fds_at_most "$base"
+	out=$(rq -H 'X-Sandbox-ID: box' /)
+	[ "$(status_of "$out")" = 200 ]
+	[ "$(metric egressd_router_websockets_open)" = 0 ]
 }
 
 # ---- metrics, logs, shutdown ----------------------------------------------
