@@ -36,6 +36,14 @@ PYEOF
 	! cmp -s "$BATS_TEST_TMPDIR/orig" "$f"
 }
 
+# not CMD...: succeeds when CMD fails. A bare "! CMD" would not fail a
+# test: bash's errexit ignores negated commands.
+not() {
+	if "$@"; then
+		return 1
+	fi
+}
+
 fails_with() {
 	[ "$status" -eq 1 ] || { echo "status $status, expected 1"; echo "$output"; return 1; }
 	grep -qF -- "FAIL: $1" <<<"$output" || { echo "no 'FAIL: $1' in:"; echo "$output"; return 1; }
@@ -45,7 +53,7 @@ fails_with() {
 	run "$CHECK"
 	echo "$output"
 	[ "$status" -eq 0 ]
-	! grep -q '^FAIL' <<<"$output"
+	not grep -q '^FAIL' <<<"$output"
 	[ "$(grep -c '^ok:' <<<"$output")" -ge 30 ]
 }
 

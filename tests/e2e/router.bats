@@ -29,6 +29,8 @@ setup() {
 		$SRV4 box.team-a.svc.cluster.local
 		$SRV4 box.default.svc.corp.internal
 		$SRV4 stale.default.svc.cluster.local
+		$SRV4 test-box.prod.svc.cluster.local
+		$SRV4 test-sandbox.default.svc.cluster.local
 	EOF
 	echo "nameserver 127.0.0.1" >"/etc/netns/$NS_A/resolv.conf"
 	sandbox_start
@@ -42,12 +44,12 @@ teardown() {
 	return 0
 }
 
-# sandbox_start [sandbox.py flags]: the sandbox on $SRV4:8888, [$SRV6]:8888
-# and $SRV4:9000 (a second port).
+# sandbox_start [sandbox.py flags]: the sandbox on $SRV4:8888, [$SRV6]:8888,
+# and $SRV4:9000 and :9999 (other ports).
 sandbox_start() {
 	rm -f "$T/sb.ready"
 	nsenter --net="/run/netns/$NS_S" python3 "$FIX/sandbox.py" --listen $SRV4:8888 \
-		--listen "[$SRV6]:8888" --listen $SRV4:9000 --ready "$T/sb.ready" "$@" \
+		--listen "[$SRV6]:8888" --listen $SRV4:9000 --listen $SRV4:9999 --ready "$T/sb.ready" "$@" \
 		>"$T/sb.out" 2>&1 3>&- &
 	SERVERS_PID=$!
 	wait_for 10 test -e "$T/sb.ready"
@@ -63,6 +65,14 @@ router_start() {
 		cat "$T/daemon.err" >&2
 		return 1
 	}
+}
+
+# not CMD...: succeeds when CMD fails. A bare "! CMD" would not fail a
+# test: bash's errexit ignores negated commands.
+not() {
+	if "$@"; then
+		return 1
+	fi
 }
 
 in_a() {
@@ -163,6 +173,60 @@ open_router() {
 	out=$(rq -H 'X-Sandbox-ID: box' -H 'Authorization: Bearer app-secret' /)
 	[ "$(status_of "$out")" = 200 ]
 	[ -z "$(upstream_header authorization "$out")" ]
+}
+
+@test "router: the reference router's published unit-test cases, replayed against the C router" {
+	# test_sandbox_router.py in kubernetes-sigs/agent-sandbox: same inputs,
+	# same statuses and messages. Where the reference mocks its client to
+	# fail, the name here does not resolve (my-sandbox, unreachable-sandbox).
+	open_router
+	out=$(rq /healthz)                                          # TestHealthCheck
+	[ "$(status_of "$out")" = 200 ]
+	[ "$(head -n 1 <<<"$out")" = '{"status":"ok"}' ]
+	out=$(rq -X POST /execute)                                  # missing ID
+	[ "$(status_of "$out")" = 400 ]
+	[ "$(detail "$out")" = "X-Sandbox-ID header is required." ]
+	out=$(rq -X POST -H 'X-Sandbox-ID: my-sandbox' -H 'X-Sandbox-Namespace: bad namespace!' /execute)
+	[ "$(status_of "$out")" = 400 ]
+	[ "$(detail "$out")" = "Invalid namespace format." ]
+	out=$(rq -X POST -H 'X-Sandbox-ID: my-sandbox' -H 'X-Sandbox-Port: not-a-number' /execute)
+	[ "$(status_of "$out")" = 400 ]
+	[ "$(detail "$out")" = "Invalid port format." ]
+	out=$(rq -X POST -H 'X-Sandbox-ID: bad.sandbox.id' /execute)
+	[ "$(status_of "$out")" = 400 ]
+	[ "$(detail "$out")" = "Invalid sandbox ID format." ]
+	out=$(rq -X POST -H 'X-Sandbox-ID: my-sandbox' -H 'X-Sandbox-Namespace: my-namespace' /execute)
+	[ "$(status_of "$out")" = 502 ]                             # hyphens valid: routed
+	[[ "$(detail "$out")" == "Could not connect to the backend sandbox"* ]]
+	out=$(rq -X POST -H 'X-Sandbox-ID: my-sandbox' /execute)    # auth off by choice
+	[ "$(status_of "$out")" = 502 ]
+	out=$(rq -H 'X-Sandbox-ID: unreachable-sandbox' -d '{"command": "echo hello"}' /execute)
+	[ "$(status_of "$out")" = 502 ]
+	[[ "$(detail "$out")" == *unreachable-sandbox* ]]
+	out=$(rq -X POST -H 'X-Sandbox-ID: test-box' -H 'X-Sandbox-Namespace: prod' \
+		-H 'X-Sandbox-Port: 9999' /some/path)                   # target construction
+	[ "$(upstream_header host "$out")" = "test-box.prod.svc.cluster.local:9999" ]
+	[ "$(head -n -1 <<<"$out" | jq -r .target)" = /some/path ]
+	out=$(rq -X POST -H 'X-Sandbox-ID: test-box' -H 'X-Sandbox-Namespace: prod' \
+		-H 'X-Sandbox-Port: 9999' -H 'Host: evil.example.com' /execute)
+	[[ "$(upstream_header host "$out")" != *evil.example.com* ]]
+	out=$(rq -H 'X-Sandbox-ID: test-box' -H 'X-Sandbox-Namespace: prod' \
+		-H 'X-Sandbox-Port: 9999' '/execute?cmd=ls&arg=-la')      # query forwarded
+	[ "$(head -n -1 <<<"$out" | jq -r .target)" = '/execute?cmd=ls&arg=-la' ]
+	body='{"key": "value", "padding": "'$(head -c 2048 /dev/zero | tr '\0' x)'"}'
+	out=$(rq -H 'X-Sandbox-ID: test-sandbox' -d "$body" /execute)   # body streamed
+	[ "$(head -n -1 <<<"$out" | jq -r .body_len)" = "${#body}" ]
+	kill "$DAEMON_PID" && wait "$DAEMON_PID" || true
+	# TestAuthentication with ROUTER_AUTH_TOKEN=secret-token.
+	ROUTER_AUTH_TOKEN=secret-token router_start
+	out=$(rq -X POST -H 'X-Sandbox-ID: my-sandbox' -H 'Authorization: Bearer secret-token' /execute)
+	[ "$(status_of "$out")" = 502 ]
+	out=$(rq -X POST -H 'X-Sandbox-ID: my-sandbox' /execute)
+	[ "$(status_of "$out")" = 401 ]
+	[ "$(detail "$out")" = "Missing or invalid Authorization header." ]
+	out=$(rq -X POST -H 'X-Sandbox-ID: my-sandbox' -H 'Authorization: Bearer wrong-token' /execute)
+	[ "$(status_of "$out")" = 401 ]
+	[ "$(detail "$out")" = "Invalid token." ]
 }
 
 # ---- validation: the reference's cases ------------------------------------
@@ -307,7 +371,8 @@ open_router() {
 		start=$SECONDS
 		out=$(rq -H 'X-Sandbox-ID: box' -H "X-Sandbox-Timeout: $t" '/slow?s=4')
 		[ "$(status_of "$out")" = 504 ] || { echo "$t: $out"; false; }
-		[ $((SECONDS - start)) -ge 1 ] && [ $((SECONDS - start)) -le 3 ]
+		[ $((SECONDS - start)) -ge 1 ]
+		[ $((SECONDS - start)) -le 3 ]
 	done
 	# Within the timeout: answered.
 	out=$(rq -H 'X-Sandbox-ID: box' -H 'X-Sandbox-Timeout: 2' '/slow?s=0.5')
@@ -351,8 +416,8 @@ open_router() {
 	open_router
 	in_a curl -sS -D "$T/h" -o /dev/null -H 'X-Sandbox-ID: box' "http://$RT/hop"
 	grep -qi '^x-kept: 1' "$T/h"
-	! grep -qi '^x-hop:' "$T/h"
-	! grep -qi '^keep-alive:' "$T/h"
+	not grep -qi '^x-hop:' "$T/h"
+	not grep -qi '^keep-alive:' "$T/h"
 	[ "$(grep -ci '^date:' "$T/h")" = 1 ]
 	[ "$(grep -ci '^server:' "$T/h")" = 1 ]
 }
@@ -659,7 +724,7 @@ open_router() {
 	[ "$(metric 'egressd_router_requests_total{class="2xx",namespace="team-a"}')" = 1 ]
 	[ "$(metric 'egressd_router_requests_total{class="4xx",namespace="none"}')" = 1 ]
 	[ "$(metric 'egressd_router_upstream_latency_seconds_count')" = 2 ]
-	! grep -q secret "$T/access.log"
+	not grep -q secret "$T/access.log"
 	jq -s -e 'any(.[]; .path == "/a" and .status == 200 and .sandbox == "box")' "$T/access.log"
 }
 
@@ -671,7 +736,7 @@ open_router() {
 	kill -TERM "$DAEMON_PID"
 	sleep 0.3
 	# No longer accepting.
-	! in_a curl -s -m 2 "http://$RT/healthz"
+	not in_a curl -s -m 2 "http://$RT/healthz"
 	wait "$client"
 	[ "$(status_of "$(cat "$T/inflight")")" = 200 ]
 	wait_for 5 sh -c "! kill -0 $DAEMON_PID"
