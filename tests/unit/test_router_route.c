@@ -177,8 +177,8 @@ static void test_auth(void **state)
 		int st = egd_route_auth(cases[i].hdr, "s3cret", &detail);
 
 		if (st != cases[i].status)
-			fail_msg("auth \"%s\": %d, expected %d", cases[i].hdr ? cases[i].hdr : "(none)",
-				 st, cases[i].status);
+			fail_msg("auth \"%s\": %d, expected %d",
+				 cases[i].hdr ? cases[i].hdr : "(none)", st, cases[i].status);
 		if (cases[i].detail && strcmp(detail, cases[i].detail))
 			fail_msg("auth \"%s\": detail %s", cases[i].hdr, detail);
 	}
@@ -211,10 +211,12 @@ static void test_request_order_and_messages(void **state)
 	} cases[] = {
 		{ "", 400, "X-Sandbox-ID header is required." },
 		{ "X-Sandbox-ID: \r\n", 400, "X-Sandbox-ID header is required." },
-		{ "X-Sandbox-ID: A\r\nX-Sandbox-Namespace: B\r\n", 400, "Invalid sandbox ID format." },
+		{ "X-Sandbox-ID: A\r\nX-Sandbox-Namespace: B\r\n", 400,
+		  "Invalid sandbox ID format." },
 		{ "X-Sandbox-ID: a\r\nX-Sandbox-Namespace: B\r\nX-Sandbox-Port: x\r\n", 400,
 		  "Invalid namespace format." },
-		{ "X-Sandbox-ID: a\r\nX-Sandbox-Namespace: \r\n", 400, "Invalid namespace format." },
+		{ "X-Sandbox-ID: a\r\nX-Sandbox-Namespace: \r\n", 400,
+		  "Invalid namespace format." },
 		{ "X-Sandbox-ID: a\r\nX-Sandbox-Port: x\r\nX-Sandbox-Pod-IP: y\r\n", 400,
 		  "Invalid port format." },
 		{ "X-Sandbox-ID: a\r\nX-Sandbox-Pod-IP: y\r\n", 400,

@@ -189,7 +189,8 @@ static void answer_cb(void *arg, int status, int timeouts, struct ares_addrinfo 
 		     n && q->res.n < EGD_RESOLVE_MAX_ADDRS; n = n->ai_next) {
 			size_t i = q->res.n;
 
-			if (n->ai_family == AF_INET && n->ai_addrlen >= sizeof(struct sockaddr_in)) {
+			if (n->ai_family == AF_INET &&
+			    n->ai_addrlen >= sizeof(struct sockaddr_in)) {
 				memcpy(&q->res.addr[i], n->ai_addr, sizeof(struct sockaddr_in));
 				((struct sockaddr_in *)&q->res.addr[i])->sin_port = q->port_be;
 				q->res.len[i] = sizeof(struct sockaddr_in);

@@ -219,16 +219,27 @@ static int buf_add(struct buf *b, const void *d, size_t n)
 static int buf_printf(struct buf *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 static int buf_printf(struct buf *b, const char *fmt, ...)
 {
-	char tmp[1024];
+	char tmp[1024], *big;
 	va_list ap;
-	int n;
+	int n, err;
 
 	va_start(ap, fmt);
 	n = vsnprintf(tmp, sizeof(tmp), fmt, ap);
 	va_end(ap);
-	if (n < 0 || (size_t)n >= sizeof(tmp))
+	if (n < 0)
 		return -EINVAL;
-	return buf_add(b, tmp, (size_t)n);
+	if ((size_t)n < sizeof(tmp))
+		return buf_add(b, tmp, (size_t)n);
+	/* Rare (the metrics page): format again into a buffer of the size. */
+	big = malloc((size_t)n + 1);
+	if (!big)
+		return -ENOMEM;
+	va_start(ap, fmt);
+	vsnprintf(big, (size_t)n + 1, fmt, ap);
+	va_end(ap);
+	err = buf_add(b, big, (size_t)n);
+	free(big);
+	return err;
 }
 
 /* Three pieces: "name: value\r\n", without a bounce through a format. */
@@ -1379,7 +1390,8 @@ static void metrics_text(struct router *r, struct buf *b)
 		   "egressd_router_upstream_latency_seconds_count %llu\n",
 		   m->lat_count, m->lat_sum, m->lat_count);
 	buf_printf(b,
-		   "# TYPE egressd_router_websockets_open gauge\negressd_router_websockets_open %llu\n"
+		   "# TYPE egressd_router_websockets_open gauge\n"
+		   "egressd_router_websockets_open %llu\n"
 		   "# TYPE egressd_router_websockets_total counter\n"
 		   "egressd_router_websockets_total %llu\n"
 		   "# TYPE egressd_router_pool_idle gauge\negressd_router_pool_idle %u\n"
@@ -1387,7 +1399,8 @@ static void metrics_text(struct router *r, struct buf *b)
 		   "egressd_router_upstream_connections %llu\n"
 		   "# TYPE egressd_router_pool_reused_total counter\n"
 		   "egressd_router_pool_reused_total %llu\n"
-		   "# TYPE egressd_router_retries_total counter\negressd_router_retries_total %llu\n"
+		   "# TYPE egressd_router_retries_total counter\n"
+		   "egressd_router_retries_total %llu\n"
 		   "# TYPE egressd_router_client_connections gauge\n"
 		   "egressd_router_client_connections %u\n"
 		   "# TYPE egressd_router_refused_connections_total counter\n"
@@ -1607,7 +1620,8 @@ int egd_router_main(int argc, char **argv)
 	} else if (cfg.access_log[0]) {
 		r.access = fopen(cfg.access_log, "ae");
 		if (!r.access) {
-			egd_err("router: ROUTER_ACCESS_LOG %s: %s", cfg.access_log, strerror(errno));
+			egd_err("router: ROUTER_ACCESS_LOG %s: %s", cfg.access_log,
+				strerror(errno));
 			return 1;
 		}
 		setvbuf(r.access, NULL, _IOLBF, 0);

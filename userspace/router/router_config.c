@@ -257,7 +257,8 @@ int egd_router_config_load(struct egd_router_config *cfg, int argc, char **argv)
 		}
 		/* The file, when given, wins over an empty token only. */
 		if (o->type == R_SECRET_FILE && cfg->token[0] && *v) {
-			egd_err("ROUTER_AUTH_TOKEN and ROUTER_AUTH_TOKEN_FILE both set: choose one");
+			egd_err("ROUTER_AUTH_TOKEN and ROUTER_AUTH_TOKEN_FILE both set: "
+				"choose one");
 			return -EINVAL;
 		}
 		if (apply(cfg, o, v)) {
