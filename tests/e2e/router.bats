@@ -501,6 +501,26 @@ open_router() {
 	awk '{ lag = $1 - $5; if (lag < 0 || lag > 0.3) exit 1 }' "$T/sse"
 }
 
+@test "router: an HTTP/1.0 client gets a chunked answer unchunked, ended by the close" {
+	open_router
+	in_a python3 - <<-'PY'
+		import gzip, socket
+		s = socket.create_connection(("127.0.0.1", 8080), 5)
+		s.sendall(b"GET /gzip-chunked HTTP/1.0\r\nX-Sandbox-ID: box\r\n\r\n")
+		data = b""
+		while True:
+		    d = s.recv(65536)
+		    if not d:
+		        break
+		    data += d
+		head, _, body = data.partition(b"\r\n\r\n")
+		assert head.startswith(b"HTTP/1.1 200"), head
+		assert b"transfer-encoding" not in head.lower(), head
+		assert b"connection: close" in head.lower(), head
+		assert gzip.decompress(body).count(b"\n") == 4000
+	PY
+}
+
 @test "router: HEAD and OPTIONS are forwarded (the reference answers 405)" {
 	open_router
 	in_a curl -sS -I -H 'X-Sandbox-ID: box' "http://$RT/x" >"$T/h"
