@@ -27,7 +27,7 @@ static void check_route(const struct egd_route *r)
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
-	static struct egd_cidr pods[2];
+	static struct egd_route_cidr pods[2];
 	static int init;
 	struct egd_route_cfg cfg = { .cluster_domain = "cluster.local",
 				     .token = (size && (data[0] & 1)) ? "fuzz-token" : NULL,
@@ -38,7 +38,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	int res;
 
 	if (!init) {
-		egd_cidr_parse_list("10.0.0.0/8,fd00::/8", pods, 2);
+		egd_route_cidr_parse_list("10.0.0.0/8,fd00::/8", pods, 2);
 		init = 1;
 	}
 	cfg.allowed = pods;

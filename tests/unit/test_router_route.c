@@ -118,36 +118,36 @@ static void test_ip_classes(void **state)
 
 static void test_cidrs(void **state)
 {
-	struct egd_cidr c[4];
+	struct egd_route_cidr c[4];
 	struct sockaddr_in s4 = { .sin_family = AF_INET };
 	struct sockaddr_in6 s6 = { .sin6_family = AF_INET6 };
 
 	(void)state;
-	assert_int_equal(egd_cidr_parse_list(" 10.0.0.0/8 , 2001:db8::/32,192.168.1.7", c, 4), 3);
+	assert_int_equal(egd_route_cidr_parse_list(" 10.0.0.0/8 , 2001:db8::/32,192.168.1.7", c, 4), 3);
 	inet_pton(AF_INET, "10.200.0.1", &s4.sin_addr);
-	assert_true(egd_cidr_contains(c, 3, (struct sockaddr *)&s4));
+	assert_true(egd_route_cidr_contains(c, 3, (struct sockaddr *)&s4));
 	inet_pton(AF_INET, "11.0.0.1", &s4.sin_addr);
-	assert_false(egd_cidr_contains(c, 3, (struct sockaddr *)&s4));
+	assert_false(egd_route_cidr_contains(c, 3, (struct sockaddr *)&s4));
 	inet_pton(AF_INET, "192.168.1.7", &s4.sin_addr);
-	assert_true(egd_cidr_contains(c, 3, (struct sockaddr *)&s4));
+	assert_true(egd_route_cidr_contains(c, 3, (struct sockaddr *)&s4));
 	inet_pton(AF_INET, "192.168.1.8", &s4.sin_addr);
-	assert_false(egd_cidr_contains(c, 3, (struct sockaddr *)&s4));
+	assert_false(egd_route_cidr_contains(c, 3, (struct sockaddr *)&s4));
 	inet_pton(AF_INET6, "2001:db8:ffff::1", &s6.sin6_addr);
-	assert_true(egd_cidr_contains(c, 3, (struct sockaddr *)&s6));
+	assert_true(egd_route_cidr_contains(c, 3, (struct sockaddr *)&s6));
 	inet_pton(AF_INET6, "2001:db9::1", &s6.sin6_addr);
-	assert_false(egd_cidr_contains(c, 3, (struct sockaddr *)&s6));
-	assert_int_equal(egd_cidr_parse_list("", c, 4), 0);
-	assert_int_equal(egd_cidr_parse_list("10.0.0.0/33", c, 4), -EINVAL);
-	assert_int_equal(egd_cidr_parse_list("10.0.0.0/", c, 4), -EINVAL);
-	assert_int_equal(egd_cidr_parse_list("host.example", c, 4), -EINVAL);
-	assert_int_equal(egd_cidr_parse_list("1.1.1.1,2.2.2.2,3.3.3.3,4.4.4.4,5.5.5.5", c, 4),
+	assert_false(egd_route_cidr_contains(c, 3, (struct sockaddr *)&s6));
+	assert_int_equal(egd_route_cidr_parse_list("", c, 4), 0);
+	assert_int_equal(egd_route_cidr_parse_list("10.0.0.0/33", c, 4), -EINVAL);
+	assert_int_equal(egd_route_cidr_parse_list("10.0.0.0/", c, 4), -EINVAL);
+	assert_int_equal(egd_route_cidr_parse_list("host.example", c, 4), -EINVAL);
+	assert_int_equal(egd_route_cidr_parse_list("1.1.1.1,2.2.2.2,3.3.3.3,4.4.4.4,5.5.5.5", c, 4),
 			 -EINVAL);
 	/* An odd prefix compares the partial byte. */
-	assert_int_equal(egd_cidr_parse_list("10.128.0.0/9", c, 4), 1);
+	assert_int_equal(egd_route_cidr_parse_list("10.128.0.0/9", c, 4), 1);
 	inet_pton(AF_INET, "10.127.255.255", &s4.sin_addr);
-	assert_false(egd_cidr_contains(c, 1, (struct sockaddr *)&s4));
+	assert_false(egd_route_cidr_contains(c, 1, (struct sockaddr *)&s4));
 	inet_pton(AF_INET, "10.128.0.0", &s4.sin_addr);
-	assert_true(egd_cidr_contains(c, 1, (struct sockaddr *)&s4));
+	assert_true(egd_route_cidr_contains(c, 1, (struct sockaddr *)&s4));
 }
 
 static void test_auth(void **state)
@@ -201,7 +201,7 @@ static int route(const struct egd_route_cfg *cfg, const char *head, struct egd_r
 
 static void test_request_order_and_messages(void **state)
 {
-	struct egd_cidr pods[1];
+	struct egd_route_cidr pods[1];
 	struct egd_route_cfg cfg = { .cluster_domain = "cluster.local",
 				     .default_timeout_ms = 180000 };
 	static const struct {
@@ -230,7 +230,7 @@ static void test_request_order_and_messages(void **state)
 	};
 
 	(void)state;
-	assert_int_equal(egd_cidr_parse_list("10.1.0.0/16", pods, 1), 1);
+	assert_int_equal(egd_route_cidr_parse_list("10.1.0.0/16", pods, 1), 1);
 	cfg.allowed = pods;
 	cfg.nallowed = 1;
 	for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {

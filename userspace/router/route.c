@@ -125,7 +125,7 @@ int egd_route_ip_refused(const struct sockaddr *sa)
 	return 1;
 }
 
-int egd_cidr_parse(const char *s, struct egd_cidr *out)
+int egd_route_cidr_parse(const char *s, struct egd_route_cidr *out)
 {
 	char buf[INET6_ADDRSTRLEN + 8];
 	char *slash, *end;
@@ -160,7 +160,7 @@ int egd_cidr_parse(const char *s, struct egd_cidr *out)
 	return 0;
 }
 
-int egd_cidr_parse_list(const char *s, struct egd_cidr *out, size_t max)
+int egd_route_cidr_parse_list(const char *s, struct egd_route_cidr *out, size_t max)
 {
 	char item[INET6_ADDRSTRLEN + 8];
 	size_t n = 0;
@@ -177,7 +177,7 @@ int egd_cidr_parse_list(const char *s, struct egd_cidr *out, size_t max)
 			if (n == max || (size_t)(e - b) >= sizeof(item))
 				return -EINVAL;
 			snprintf(item, sizeof(item), "%.*s", (int)(e - b), b);
-			if (egd_cidr_parse(item, &out[n]))
+			if (egd_route_cidr_parse(item, &out[n]))
 				return -EINVAL;
 			n++;
 		}
@@ -199,7 +199,7 @@ static int prefix_match(const uint8_t *a, const uint8_t *b, unsigned int bits)
 	return ((a[whole] ^ b[whole]) & (0xff << (8 - rest))) == 0;
 }
 
-int egd_cidr_contains(const struct egd_cidr *c, size_t n, const struct sockaddr *sa)
+int egd_route_cidr_contains(const struct egd_route_cidr *c, size_t n, const struct sockaddr *sa)
 {
 	const uint8_t *a;
 	int fam = sa->sa_family;
@@ -279,7 +279,7 @@ static int route_pod_ip(const struct egd_route_cfg *cfg, const char *v, struct e
 	}
 	if (egd_route_ip_refused((struct sockaddr *)&r->ip))
 		return fail(r, 400, MSG_IP_REFUSED);
-	if (cfg->nallowed && !egd_cidr_contains(cfg->allowed, cfg->nallowed,
+	if (cfg->nallowed && !egd_route_cidr_contains(cfg->allowed, cfg->nallowed,
 						(struct sockaddr *)&r->ip))
 		return fail(r, 400, MSG_IP_REFUSED);
 	r->has_ip = 1;

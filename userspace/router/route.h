@@ -27,7 +27,7 @@
 /* Pod CIDRs in ROUTER_ALLOWED_CIDRS: a cluster has a handful. */
 #define EGD_ROUTE_CIDRS_MAX 32
 
-struct egd_cidr {
+struct egd_route_cidr {
 	int family; /* AF_INET or AF_INET6 */
 	uint8_t addr[16];
 	unsigned int prefix;
@@ -37,7 +37,7 @@ struct egd_route_cfg {
 	const char *cluster_domain;	  /* CLUSTER_DOMAIN */
 	const char *token;		  /* NULL: no auth */
 	unsigned int default_timeout_ms;  /* PROXY_TIMEOUT_SECONDS */
-	const struct egd_cidr *allowed;	  /* ROUTER_ALLOWED_CIDRS, bounding Pod-IP */
+	const struct egd_route_cidr *allowed;	  /* ROUTER_ALLOWED_CIDRS, bounding Pod-IP */
 	size_t nallowed;		  /* 0: any address not refused by class */
 };
 
@@ -70,10 +70,10 @@ unsigned int egd_route_parse_timeout(const char *s, unsigned int cap_ms);
  * loopback, link-local (cloud metadata), multicast, unspecified, broadcast,
  * and the cloud metadata addresses outside link-local. 1 when refused. */
 int egd_route_ip_refused(const struct sockaddr *sa);
-int egd_cidr_parse(const char *s, struct egd_cidr *out);
+int egd_route_cidr_parse(const char *s, struct egd_route_cidr *out);
 /* Comma list; count or -EINVAL. */
-int egd_cidr_parse_list(const char *s, struct egd_cidr *out, size_t max);
-int egd_cidr_contains(const struct egd_cidr *c, size_t n, const struct sockaddr *sa);
+int egd_route_cidr_parse_list(const char *s, struct egd_route_cidr *out, size_t max);
+int egd_route_cidr_contains(const struct egd_route_cidr *c, size_t n, const struct sockaddr *sa);
 
 /*
  * Authorization against @token: 0 when accepted, else 401 with @detail

@@ -27,9 +27,9 @@ struct egd_router_config {
 	unsigned int timeout_s;	  /* PROXY_TIMEOUT_SECONDS */
 	char token[EGD_ROUTER_TOKEN_MAX_BYTES]; /* empty: no auth */
 	int allow_unauthenticated;
-	struct egd_cidr allowed[EGD_ROUTE_CIDRS_MAX];
+	struct egd_route_cidr allowed[EGD_ROUTE_CIDRS_MAX];
 	size_t nallowed;
-	struct egd_cidr trusted[EGD_ROUTE_CIDRS_MAX];
+	struct egd_route_cidr trusted[EGD_ROUTE_CIDRS_MAX];
 	size_t ntrusted;
 	unsigned int ws_idle_s, ws_max_s;
 	unsigned int max_conns;
