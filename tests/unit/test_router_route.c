@@ -123,7 +123,8 @@ static void test_cidrs(void **state)
 	struct sockaddr_in6 s6 = { .sin6_family = AF_INET6 };
 
 	(void)state;
-	assert_int_equal(egd_route_cidr_parse_list(" 10.0.0.0/8 , 2001:db8::/32,192.168.1.7", c, 4), 3);
+	assert_int_equal(egd_route_cidr_parse_list(" 10.0.0.0/8 , 2001:db8::/32,192.168.1.7", c, 4),
+			 3);
 	inet_pton(AF_INET, "10.200.0.1", &s4.sin_addr);
 	assert_true(egd_route_cidr_contains(c, 3, (struct sockaddr *)&s4));
 	inet_pton(AF_INET, "11.0.0.1", &s4.sin_addr);

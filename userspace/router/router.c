@@ -1330,7 +1330,8 @@ static void accept_client(struct router *r, int fd, const struct sockaddr_storag
 	setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
 	peer_text(ss, c->peer, sizeof(c->peer));
 	c->trusted = r->cfg->ntrusted &&
-		     egd_route_cidr_contains(r->cfg->trusted, r->cfg->ntrusted, (struct sockaddr *)ss);
+		     egd_route_cidr_contains(r->cfg->trusted, r->cfg->ntrusted,
+					     (struct sockaddr *)ss);
 	c->req = egd_http_parser_new(EGD_HTTP_REQUEST, SIZE_MAX);
 	c->resp = egd_http_parser_new(EGD_HTTP_RESPONSE, SIZE_MAX);
 	if (!c->req || !c->resp || egd_loop_add(r->loop, &c->w, EPOLLIN)) {

@@ -182,7 +182,8 @@ static int apply(struct egd_router_config *cfg, const struct ropt *o, const char
 	}
 	case R_CIDRS_ALLOWED:
 	case R_CIDRS_TRUSTED:
-		n = egd_route_cidr_parse_list(v, (struct egd_route_cidr *)field, EGD_ROUTE_CIDRS_MAX);
+		n = egd_route_cidr_parse_list(v, (struct egd_route_cidr *)field,
+					      EGD_ROUTE_CIDRS_MAX);
 		if (n < 0)
 			return -EINVAL;
 		if (o->type == R_CIDRS_ALLOWED)
