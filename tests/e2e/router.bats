@@ -334,7 +334,9 @@ open_router() {
 }
 
 @test "router: names come from DNS too, and a lookup that hangs delays no other request" {
-	in_a python3 "$FIX/dns.py" --map "dnsbox.default.svc.cluster.local=$SRV4" \
+	# nsenter directly, not in_a: a function run with & is a subshell whose
+	# PID is not the server's, and teardown kills by PID.
+	nsenter --net="/run/netns/$NS_A" python3 "$FIX/dns.py" --map "dnsbox.default.svc.cluster.local=$SRV4" \
 		--log "$T/dns.log" --ready "$T/dns.ready" >/dev/null 2>&1 3>&- &
 	DNS_PID=$!
 	wait_for 5 test -e "$T/dns.ready"
