@@ -4,6 +4,7 @@
  * datapath (attach, detach, phase, status), the daemon (run) or both
  * (exec, the local mode).
  */
+#include "core/caps.h"
 #include "core/config.h"
 #include "core/log.h"
 #include "datapath/bpf.h"
@@ -799,6 +800,12 @@ int main(int argc, char **argv)
 {
 	const char *cmd = argc > 1 ? argv[1] : "help";
 
+	/* The image's binary holds CAP_NET_ADMIN as permitted only (see
+	 * core/caps.h): make it effective for the commands that touch
+	 * nftables. Where it is not permitted this does nothing, and nft mode
+	 * then fails at install with EPERM, closed. */
+	if (!strcmp(cmd, "run") || !strcmp(cmd, "nft-remove") || !strcmp(cmd, "status"))
+		egd_cap_raise(CAP_NET_ADMIN);
 	if (strcmp(cmd, "attach") == 0)
 		return cmd_attach(argc - 1, argv + 1);
 	if (strcmp(cmd, "detach") == 0)

@@ -2,6 +2,7 @@
 /* nftables capture for the daemon; see nftmode.h. */
 #include "datapath/nftmode.h"
 #include "datapath/cgroup.h"
+#include "core/caps.h"
 #include "core/config.h"
 #include "core/log.h"
 
@@ -9,6 +10,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/utsname.h>
 #include <unistd.h>
 
 /* Depth of the daemon's cgroup as /proc/self/cgroup names it: "/" is 0,
@@ -64,6 +66,20 @@ static int operator_lists(struct egd_nft_config *nc)
 	return 0;
 }
 
+int egd_nftmode_check_kernel(int private_cgns, const char *release, const char *version)
+{
+	if (private_cgns == 0 || egd_kernel_cgns_socket_match(release, version))
+		return 0;
+	egd_err("nft mode: egressd is in a private cgroup namespace (as every container is on a "
+		"cgroup v2 host) and kernel %s counts `socket cgroupv2` levels from the host's "
+		"root, so the ruleset would capture egressd's own connections. Needs Linux 6.11, "
+		"or 6.1.112, 6.6.53, 6.10.12 or later in those series; or run the egressd "
+		"container in the host's cgroup namespace (docker run --cgroupns=host, Compose "
+		"cgroup: host)",
+		release ? release : "(unknown)");
+	return -ENOTSUP;
+}
+
 int egd_nftmode_config(struct egd_nft_config *nc, uint16_t listen_port, uint16_t dns_port,
 		       uint16_t admin_port)
 {
@@ -79,6 +95,19 @@ int egd_nftmode_config(struct egd_nft_config *nc, uint16_t listen_port, uint16_t
 		err = egd_cgroup_id(self, &nc->daemon_cgroup_id);
 	if (!err)
 		err = own_cgroup_level(&nc->daemon_cgroup_level);
+	if (!err) {
+		struct utsname u;
+		int priv = egd_in_private_cgroupns();
+
+		if (priv < 0)
+			egd_warn("nft mode: cannot tell the cgroup namespace (%s); taken as private",
+				 strerror(-priv));
+		if (uname(&u))
+			memset(&u, 0, sizeof(u));
+		err = egd_nftmode_check_kernel(priv, u.release, u.version);
+		if (err)
+			return err;
+	}
 	if (err) {
 		/* Without a cgroup to match, the uid is the only way left to tell
 		 * the daemon from the agent: weaker (an agent running as the
@@ -106,8 +135,11 @@ int egd_nftmode_start(const struct egd_nft_config *nc, enum egd_phase phase)
 	int err = egd_nft_install(nc, phase);
 
 	if (err) {
-		egd_err("nft mode: installing the ruleset: %s (needs CAP_NET_ADMIN and nf_tables)",
-			strerror(-err));
+		egd_err("nft mode: installing the ruleset: %s (needs CAP_NET_ADMIN and nf_tables%s)",
+			strerror(-err),
+			err == -EPERM ? "; in a container: cap_add NET_ADMIN, and no "
+					"no-new-privileges, which drops the binary's file capability" :
+					"");
 		return err;
 	}
 	err = egd_nft_verify(nc, phase);

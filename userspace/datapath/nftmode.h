@@ -18,6 +18,14 @@
 int egd_nftmode_config(struct egd_nft_config *nc, uint16_t listen_port, uint16_t dns_port,
 		       uint16_t admin_port);
 
+/* 0 when levels counted in the caller's cgroup namespace match (the initial
+ * namespace, @private_cgns 0; or a kernel with the fix, see
+ * egd_kernel_cgns_socket_match()); otherwise the reason logged and
+ * -ENOTSUP: the daemon must refuse to start rather than capture itself.
+ * @private_cgns is egd_in_private_cgroupns()'s answer (< 0: unknown, taken as
+ * private); @release and @version are uname -r and -v. */
+int egd_nftmode_check_kernel(int private_cgns, const char *release, const char *version);
+
 /* Install and read back: 0 only when the kernel holds exactly our ruleset. */
 int egd_nftmode_start(const struct egd_nft_config *nc, enum egd_phase phase);
 

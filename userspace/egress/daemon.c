@@ -40,6 +40,13 @@ static void listen_failed(const char *what, const char *name, int err)
 				    "");
 }
 
+/* A host or container without IPv6 (Docker's default networks disable it,
+ * so ::1 does not exist) is not an error: there is nothing to capture. */
+static int no_ipv6(int family, int err)
+{
+	return family == AF_INET6 && (err == EADDRNOTAVAIL || err == EAFNOSUPPORT);
+}
+
 /*
  * Listen on @a. @reuseport lets every worker bind its own listener to the
  * same address, and the kernel spreads connections over them.
@@ -71,7 +78,9 @@ static int listen_on(const struct egd_addr *a, const char *what, int reuseport, 
 	return fd;
 err:
 	err = errno;
-	if (!quiet)
+	if (!quiet && no_ipv6(ss.ss_family, err))
+		egd_debug("%s on %s: %s (no IPv6 here)", what, name, strerror(err));
+	else if (!quiet)
 		listen_failed(what, name, err);
 	return -err;
 }
@@ -444,7 +453,9 @@ static int worker_setup(struct egd_daemon *d, struct egd_worker *wk)
 	/* No IPv6 loopback: v6 connects land nowhere and fail, closed. */
 	if (wk->id == 0 || d->workers[0].listen6.w.fd >= 0) {
 		wk->listen6.w.fd = listen_on(&a6, "capture", 1, quiet);
-		if (wk->listen6.w.fd < 0 && wk->id == 0)
+		if (wk->listen6.w.fd < 0 && wk->id == 0 && no_ipv6(AF_INET6, -wk->listen6.w.fd))
+			egd_debug("no IPv6 loopback; IPv6 connections of the agent fail");
+		else if (wk->listen6.w.fd < 0 && wk->id == 0)
 			egd_warn("no IPv6 listener; IPv6 connections of the agent will fail");
 	}
 	err = egd_loop_add(wk->loop, &wk->listen4.w, EPOLLIN | EPOLLET);
