@@ -22,14 +22,23 @@ FROM debian:12 AS build
 
 # The build dependencies of scripts/install-deps.sh, less the test, demo and
 # fuzz tools. libcmocka-dev stays: CMakeLists.txt requires it at configure
-# time even when only the daemon is built.
-RUN apt-get update \
-	&& DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
-		build-essential cmake pkg-config \
+# time even when only the daemon is built. Installed only when missing: a
+# base image that has them all already (the e2e suite's, made offline with
+# debootstrap and built with --network=none) needs no apt-get at all.
+RUN set -eu; \
+	missing=; \
+	for p in build-essential cmake pkg-config \
 		clang bpftool libbpf-dev libelf-dev zlib1g-dev \
 		libssl-dev libjansson-dev libc-ares-dev libnftnl-dev libmnl-dev libcurl4-openssl-dev \
-		libcmocka-dev \
-	&& rm -rf /var/lib/apt/lists/*
+		libcmocka-dev; do \
+		dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'ok installed' \
+			|| missing="$missing $p"; \
+	done; \
+	if [ -n "$missing" ]; then \
+		apt-get update \
+		&& DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends $missing; \
+	fi; \
+	rm -rf /var/lib/apt/lists/*
 
 WORKDIR /src
 COPY . .
@@ -57,35 +66,55 @@ FROM debian:12-slim
 # ca-bundle.crt for the agent as the system CAs plus its own.
 COPY --from=build /out/ /
 
-# One layer: the libraries, then file capabilities, then libcap2-bin removed
-# again so setcap does not stay in the image.
+# One layer: the libraries (only those missing, as in the build stage), then
+# the file capability, then libcap2-bin removed again so setcap does not stay
+# in the image.
 #
 # Non-root with a file capability, not root: nft mode needs CAP_NET_ADMIN
 # only to install its ruleset, and the ruleset's fallback exemption (where
 # cgroupv2 socket matching is unavailable) is the daemon's uid. A daemon
 # running as root would share uid 0 with every agent image that runs as root,
-# so a dedicated uid (10001) keeps that fallback meaningful. The capability
-# is granted on the binary (cap_net_admin+ep), not to the user: it applies
-# only when the container's bounding set has NET_ADMIN (compose: cap_add) and
-# only without no-new-privileges, which would make execve ignore file
-# capabilities. The BPF modes (attach, node) need root with CAP_BPF and
-# CAP_SYS_ADMIN: run those with `--user 0`, as deploy/k8s does.
-RUN apt-get update \
-	&& DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
-		libbpf1 libelf1 zlib1g libssl3 libjansson4 libc-ares2 libnftnl11 libmnl0 libcurl4 \
-		ca-certificates libcap2-bin \
-	&& setcap cap_net_admin+ep /usr/local/bin/egressd \
-	&& DEBIAN_FRONTEND=noninteractive apt-get purge -y --auto-remove libcap2-bin \
-	&& rm -rf /var/lib/apt/lists/* \
-	&& groupadd --system --gid 10001 egressd \
-	&& useradd --system --uid 10001 --gid egressd --no-create-home \
-		--home-dir /nonexistent --shell /usr/sbin/nologin egressd \
+# so a dedicated uid (10001) keeps that fallback meaningful.
+#
+# The capability is *permitted* only (cap_net_admin+p, no effective bit):
+# `egressd run`, `status` and `nft-remove` raise it themselves when they
+# start. With the effective bit, execve refuses to start the binary at all
+# where the container's bounding set lacks NET_ADMIN, so even `egressd
+# --version` failed with "operation not permitted". Now every command runs
+# without it, and nft mode without it stops at start, closed, saying it
+# needs NET_ADMIN. The capability applies only when the container's bounding
+# set has NET_ADMIN (compose: cap_add) and only without no-new-privileges,
+# which makes execve ignore file capabilities.
+#
+# The BPF modes (attach, node) need root with CAP_BPF and CAP_SYS_ADMIN and
+# the host's cgroup hierarchy and bpffs: deploy/k8s runs them as uid 0 in a
+# privileged container, where the file capability plays no part.
+#
+# The uid is a regular one (no --system): system uids end at 999, and
+# useradd --system warns about 10001.
+RUN set -eu; \
+	missing=; \
+	for p in libbpf1 libelf1 zlib1g libssl3 libjansson4 libc-ares2 libnftnl11 libmnl0 libcurl4 \
+		ca-certificates libcap2-bin; do \
+		dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'ok installed' \
+			|| missing="$missing $p"; \
+	done; \
+	if [ -n "$missing" ]; then \
+		apt-get update \
+		&& DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends $missing; \
+	fi; \
+	setcap cap_net_admin+p /usr/local/bin/egressd; \
+	DEBIAN_FRONTEND=noninteractive apt-get purge -y --auto-remove libcap2-bin; \
+	rm -rf /var/lib/apt/lists/*; \
+	groupadd --gid 10001 egressd; \
+	useradd --uid 10001 --gid egressd --no-create-home --no-log-init \
+		--home-dir /nonexistent --shell /usr/sbin/nologin egressd; \
 	# Owned by egressd: a named volume mounted here starts as a copy of the
 	# image's directory, owner included, so the daemon writes without root.
 	# /var/lib/egressd holds the CA key, 0700: the agent never mounts it.
-	&& install -d -o egressd -g egressd -m 0755 /var/run/egressd/ca \
-	&& install -d -o egressd -g egressd -m 0700 /var/lib/egressd \
-	&& install -d -o egressd -g egressd -m 0750 /proxy-data
+	install -d -o egressd -g egressd -m 0755 /var/run/egressd/ca; \
+	install -d -o egressd -g egressd -m 0700 /var/lib/egressd; \
+	install -d -o egressd -g egressd -m 0750 /proxy-data
 
 # The daemon's defaults, written out so `docker inspect` shows the contract.
 # No secret here: keys come from the environment at run time.

@@ -13,6 +13,7 @@ PKGS=(
 	iproute2 nftables curl socat python3 procps util-linux libcap2-bin
 	nginx-light libnginx-mod-stream wrk
 	python3-yaml docker-compose
+	docker.io debootstrap
 	nodejs
 	bind9-dnsutils dnsmasq-base
 )
@@ -34,8 +35,21 @@ if [ "$(id -u)" -ne 0 ]; then
 fi
 echo "install-deps: installing ${missing[*]}"
 export DEBIAN_FRONTEND=noninteractive
+# docker.io would start a system dockerd on install, whose bridge and
+# iptables rules land in the machine's own namespace: tests/e2e/compose.bats
+# runs an engine of its own in a namespace it creates instead. A policy-rc.d
+# that says no (where none is in place) keeps the package's service down.
+policy=/usr/sbin/policy-rc.d
+if [[ " ${missing[*]} " == *" docker.io "* ]] && [ ! -e "$policy" ]; then
+	printf '#!/bin/sh\n# install-deps.sh: no service starts while installing\nexit 101\n' >"$policy"
+	chmod 0755 "$policy"
+	trap 'rm -f "$policy"' EXIT
+fi
 apt-get update -qq
 apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+if [[ " ${missing[*]} " == *" docker.io "* ]] && command -v systemctl >/dev/null; then
+	systemctl disable -q docker.service docker.socket 2>/dev/null || true
+fi
 # Debian starts nginx on install; the benchmark runs its own instance.
 if command -v systemctl >/dev/null && systemctl is-active -q nginx 2>/dev/null; then
 	systemctl stop nginx || true

@@ -121,9 +121,13 @@ for key in ("pid", "ipc", "userns_mode", "cgroup", "uts"):
     check(str(ag.get(key, "")) != "host", "agent: %s is not host" % key)
 for key in ("networks", "ports", "dns", "extra_hosts"):
     check(key not in ag, "agent: no %s of its own (its network is egressd's)" % key)
-check(any(str(o).replace("=", ":") in ("no-new-privileges", "no-new-privileges:true")
+# The "=" form: "no-new-privileges:true" is deprecated syntax.
+check(any(str(o) in ("no-new-privileges", "no-new-privileges=true")
           for o in ag.get("security_opt") or []),
-      "agent: security_opt no-new-privileges")
+      "agent: security_opt no-new-privileges=true")
+# An init as PID 1 forwards SIGTERM: without it a command that ignores
+# SIGTERM as PID 1 (sleep) holds every stop for the whole timeout.
+check(ag.get("init") is True, "agent: init: true")
 check(not any("docker.sock" in s or under(t, "/sys/fs/cgroup") and not ro
               for s, t, ro in ag_m),
       "agent: no docker socket, no writable cgroupfs")
@@ -194,6 +198,10 @@ try:
 except OSError:
     readme = ""
 check(doc_cmd in readme, "deploy/compose/README.md documents `%s`" % doc_cmd)
+# The recovery tests/e2e/compose.bats runs: a stranded agent rejoins
+# egressd's namespace without egressd being recreated (v1 and v2).
+rec_cmd = "docker compose up -d --no-deps --force-recreate agent"
+check(rec_cmd in readme, "deploy/compose/README.md documents `%s`" % rec_cmd)
 
 # No secret in the file: keys come from the environment (or .env).
 for k, v in eg_env.items():
@@ -330,6 +338,12 @@ check((users and users[-1].split(":")[0] not in ("root", "0")) or root_reason,
 hcs = [a for i, a in final["instrs"] if i == "HEALTHCHECK"]
 check(bool(hcs) and not hcs[-1].upper().startswith("NONE") and "/readyz" in hcs[-1],
       "HEALTHCHECK on /readyz in the runtime stage")
+# Permitted only: with the effective bit, execve refuses the binary wherever
+# the container lacks NET_ADMIN, even for `egressd --version`.
+setcaps = re.findall(r"setcap\s+(\S+)", fin_install)
+check(setcaps == ["cap_net_admin+p"],
+      "the file capability is permitted only (cap_net_admin+p)%s"
+      % (" (setcap %s)" % ", ".join(setcaps) if setcaps != ["cap_net_admin+p"] else ""))
 ep = [a for i, a in final["instrs"] if i == "ENTRYPOINT"]
 check(bool(ep) and ep[-1].startswith("["), "ENTRYPOINT in exec form (signals reach egressd)")
 

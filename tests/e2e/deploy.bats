@@ -246,3 +246,29 @@ ag["volumes"].append("proxy-data:/proxy-data")'
 	run "$CHECK" dockerfile
 	fails_with ".dockerignore excludes build"
 }
+
+@test "deploy: the deprecated no-new-privileges:true syntax fails" {
+	mutate_compose 'ag["security_opt"] = ["no-new-privileges:true"]'
+	run "$CHECK" compose
+	fails_with "agent: security_opt no-new-privileges=true"
+}
+
+@test "deploy: an agent without an init as PID 1 fails" {
+	mutate_compose 'del ag["init"]'
+	run "$CHECK" compose
+	fails_with "agent: init: true"
+}
+
+@test "deploy: a compose README without the recovery command fails" {
+	export EGD_COMPOSE_README=$BATS_TEST_TMPDIR/README.md
+	grep -v -- '--no-deps --force-recreate agent' "$REPO/deploy/compose/README.md" \
+		>"$EGD_COMPOSE_README"
+	run "$CHECK" compose
+	fails_with "deploy/compose/README.md documents \`docker compose up -d --no-deps --force-recreate agent\`"
+}
+
+@test "deploy: a Dockerfile granting the capability with the effective bit fails" {
+	mutate_dockerfile 's/cap_net_admin+p /cap_net_admin+ep /'
+	run "$CHECK" dockerfile
+	fails_with "the file capability is permitted only (cap_net_admin+p)"
+}
