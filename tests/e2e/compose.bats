@@ -121,6 +121,11 @@ setup_file() {
 		export EGD_COMPOSE_SKIP="no Docker engine can run here: $why"
 		return 0
 	fi
+	if ! egd_docker_claim "$$"; then
+		export EGD_COMPOSE_SKIP="another compose.bats run is using the test engine"
+		return 0
+	fi
+	export EGD_COMPOSE_OWNER=$$
 	# Torn down here when it fails half-way, whatever bats does after a
 	# failed setup_file.
 	compose_up || {
@@ -130,7 +135,7 @@ setup_file() {
 }
 
 teardown_file() {
-	[ -n "${EGD_COMPOSE_SKIP:-}" ] && return 0
+	[ -n "${EGD_COMPOSE_OWNER:-}" ] || return 0
 	if [ -n "${PROJECT:-}" ] && [ -S "$EGD_DOCKER_SOCK" ]; then
 		dc logs --no-color egressd >"$T/egressd.log" 2>&1
 		dc down -v -t 5 >/dev/null 2>&1

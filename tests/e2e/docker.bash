@@ -29,6 +29,8 @@ EGD_DOCKER_ROOT=${EGD_DOCKER_ROOT:-/var/lib/egressd-e2e-docker}
 EGD_DOCKER_EXEC_ROOT=/run/egressd-e2e-docker
 EGD_DOCKER_SOCK=/run/egressd-e2e-docker.sock
 EGD_DOCKER_PIDFILE=/run/egressd-e2e-docker.pid
+# The pid of the run that owns the engine.
+EGD_DOCKER_OWNER=/run/egressd-e2e-docker.owner
 # Containers' cgroups go under this parent, never under another engine's.
 EGD_DOCKER_CGROUP_PARENT=egressd-e2e-docker
 # Debootstrap's .deb cache: a rebuilt base image downloads nothing twice.
@@ -62,8 +64,22 @@ egd_docker_why_not() {
 	unshare --net --mount true 2>/dev/null || { echo "cannot create network namespaces"; return; }
 }
 
+# egd_docker_claim: make this run (process $1, the bats file's) the
+# engine's owner. Fails, saying so, while another live run owns it: two runs
+# must not share, or stop, one engine.
+egd_docker_claim() {
+	local owner
+	owner=$(cat "$EGD_DOCKER_OWNER" 2>/dev/null)
+	if [ -n "$owner" ] && [ "$owner" != "$1" ] && kill -0 "$owner" 2>/dev/null; then
+		echo "another run (pid $owner) is using the test engine" >&2
+		return 1
+	fi
+	echo "$1" >"$EGD_DOCKER_OWNER"
+}
+
 # egd_docker_stale: stop an engine a killed earlier run left behind. It is
-# ours by its pidfile and socket, which no other engine uses.
+# ours by its pidfile and socket, which no other engine uses, and its owner
+# is gone (egd_docker_claim).
 egd_docker_stale() {
 	local pid
 	pid=$(cat "$EGD_DOCKER_PIDFILE" 2>/dev/null) || return 0
@@ -170,7 +186,7 @@ egd_docker_stop() {
 		/sys/fs/cgroup/*/$EGD_DOCKER_CGROUP_PARENT/*/cgroup.procs 2>/dev/null | sort -u); do
 		kill -9 "$pid" 2>/dev/null
 	done
-	rm -f "$EGD_DOCKER_PIDFILE" "$EGD_DOCKER_SOCK"
+	rm -f "$EGD_DOCKER_PIDFILE" "$EGD_DOCKER_SOCK" "$EGD_DOCKER_OWNER"
 	rm -rf "$EGD_DOCKER_EXEC_ROOT"
 	[ -n "${NS_D:-}" ] && ip netns del "$NS_D" 2>/dev/null
 	[ -n "${NS_S:-}" ] && ip netns del "$NS_S" 2>/dev/null
