@@ -48,6 +48,10 @@ egressd_healthy() {
 ruleset_phase() {
 	ns_nft list map inet egressd phase | grep -q ': accept' && echo verification || echo agent
 }
+# Functions for wait_for, which retries a command: a "$(...)" argument
+# would be evaluated once, before the first try.
+phase_is() { [ "$(ruleset_phase)" = "$1" ]; }
+agent_has_only_lo() { [ "$(in_agent ls /sys/class/net)" = lo ]; }
 
 # The agent's resolver gives up after one 2 s try: an unanswered lookup
 # need not cost glibc's 5 s x 2 per test.
@@ -282,7 +286,7 @@ s.recv(100)"
 	for phase in agent verification; do
 		if [ "$phase" = verification ]; then
 			in_egressd touch /tmp/egress-unlocked
-			wait_for 5 test "$(ruleset_phase)" = verification
+			wait_for 5 phase_is verification
 		fi
 		tok=$(token)
 		run "$DOCKER" exec -e "RES_OPTIONS=$RES_OPTS" "${PROJECT}_agent_1" \
@@ -292,31 +296,54 @@ s.recv(100)"
 		server_log_lacks "$tok"
 	done
 	in_egressd rm -f /tmp/egress-unlocked
-	wait_for 5 test "$(ruleset_phase)" = agent
+	wait_for 5 phase_is agent
+}
+
+# dns_rcode NAME: ask the agent's resolver (127.0.0.11, where the ruleset
+# sends it to egressd) for NAME's A record, from the agent; prints the
+# answer's RCODE and answer count ("0 1"), or fails when nothing answers.
+dns_rcode() {
+	in_agent python3 -c "
+import socket, struct, sys
+q = struct.pack('>HHHHHH', 0x4567, 0x0100, 1, 0, 0, 0)
+q += b''.join(bytes([len(l)]) + l.encode() for l in sys.argv[1].split('.')) + b'\\0'
+q += struct.pack('>HH', 1, 1)
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.settimeout(3)
+s.sendto(q, ('127.0.0.11', 53))
+r = s.recv(4096)
+assert r[:2] == q[:2] and r[2] & 0x80, 'not an answer to this query'
+print(r[3] & 0x0f, struct.unpack('>H', r[6:8])[0])" "$1"
 }
 
 # Switch on once egressd answers the agent's DNS itself (the policy DNS):
-# set POLICY_DNS=1 below, or EGD_E2E_POLICY_DNS=1 in the environment.
+# set POLICY_DNS=1 below, or EGD_E2E_POLICY_DNS=1 in the environment. Today
+# nothing answers on its port, so dns_rcode fails; the test above already
+# shows that no query leaves.
 POLICY_DNS=${EGD_E2E_POLICY_DNS:-0}
-@test "compose: the policy DNS answers the intercept host, refuses other names, forwards nothing" {
+@test "compose: the policy DNS answers the agent: other names refused and never forwarded, the intercept host resolved" {
 	[ "$POLICY_DNS" = 1 ] || skip "the policy DNS has not landed (issue 17 item 3)"
-	# The intercept host resolves, by egressd's answer, in the agent phase.
-	run in_agent timeout 10 getent hosts openrouter.ai
+	[ "$(ruleset_phase)" = agent ]
+	# Another name, in the agent phase: egressd answers with an error,
+	# and nothing of it reaches the upstream.
+	tok=$(token)
+	run dns_rcode "$tok.exfil.test"
 	echo "$output"
 	[ "$status" -eq 0 ]
-	server_log_lacks openrouter.ai
-	# Any other name is refused without a query leaving.
-	tok=$(token)
-	run in_agent timeout 10 getent hosts "$tok.exfil.test"
-	[ "$status" -ne 0 ]
+	[ "${output%% *}" -ne 0 ]
 	sleep 1
 	server_log_lacks "$tok"
+	# The intercept host: an answer with an address (which address, the
+	# upstream's or one of egressd's, is the policy DNS's design).
+	run dns_rcode openrouter.ai
+	echo "$output"
+	[[ $output == "0 "[1-9]* ]]
 }
 
 @test "compose: the sentinel opens the network and its removal closes it" {
 	tok=$(token)
 	in_egressd touch /tmp/egress-unlocked
-	wait_for 5 test "$(ruleset_phase)" = verification
+	wait_for 5 phase_is verification
 	run agent_curl -H 'Host: example.com' "http://$SRV4/$tok-http"
 	[ "$output" = 200 ]
 	run agent_curl -k --resolve "$tok-tls.example.com:443:$SRV4" "https://$tok-tls.example.com/"
@@ -330,7 +357,7 @@ s.sendto(b'$tok-udp', ('$SRV4', 5353))"
 	server_log_has "$tok-tls"
 
 	in_egressd rm /tmp/egress-unlocked
-	wait_for 5 test "$(ruleset_phase)" = agent
+	wait_for 5 phase_is agent
 	tok=$(token)
 	run agent_curl -H 'Host: example.com' "http://$SRV4/$tok"
 	[ "$output" = 403 ]
@@ -353,7 +380,7 @@ s.sendto(b'$tok-udp', ('$SRV4', 5353))"
 	id_before=$("$DOCKER" inspect -f '{{.Id}}' "${PROJECT}_egressd_1")
 	kill -9 "$(egressd_pid)"
 	# The agent's namespace loses its interface: nothing but lo.
-	wait_for 10 test "$(in_agent ls /sys/class/net)" = lo
+	wait_for 10 agent_has_only_lo
 	tok=$(token)
 	run agent_curl -H 'Host: example.com' "http://$SRV4/$tok"
 	[ "$status" -ne 0 ]
@@ -368,7 +395,7 @@ s.sendto(b'$tok', ('$SRV4', 5353))" || true
 	# not bring the agent back into its namespace.
 	wait_for "$HEALTHY_S" egressd_healthy
 	dc up -d >/dev/null 2>&1
-	[ "$(in_agent ls /sys/class/net)" = lo ]
+	agent_has_only_lo
 
 	# The README's steps (deploy/compose/README.md, "If egressd stops").
 	dc up -d --no-deps egressd
