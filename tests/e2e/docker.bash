@@ -167,34 +167,35 @@ egd_docker_base() {
 }
 
 # egd_docker_stop: the engine and everything it started, its namespaces,
-# its cgroups. Safe to call twice and after a partial start.
+# its cgroups. Safe to call twice, after a partial start, and under set -e
+# (every step goes on whatever the one before found).
 egd_docker_stop() {
 	local pid
 	if [ -n "${DOCKERD_PID:-}" ] && kill -0 "$DOCKERD_PID" 2>/dev/null; then
-		kill "$DOCKERD_PID"
+		kill "$DOCKERD_PID" 2>/dev/null || true
 		for _ in $(seq 1 150); do kill -0 "$DOCKERD_PID" 2>/dev/null || break; sleep 0.1; done
-		kill -9 "$DOCKERD_PID" 2>/dev/null
-		wait "$DOCKERD_PID" 2>/dev/null
+		kill -9 "$DOCKERD_PID" 2>/dev/null || true
+		wait "$DOCKERD_PID" 2>/dev/null || true
 	fi
 	# Whatever is left in the engine's namespace (containerd, shims) or in
 	# its containers' cgroups was started by this test.
 	if [ -n "${NS_D:-}" ] && [ -e "/run/netns/$NS_D" ]; then
-		for pid in $(ip netns pids "$NS_D" 2>/dev/null); do kill -9 "$pid" 2>/dev/null; done
+		for pid in $(ip netns pids "$NS_D" 2>/dev/null); do kill -9 "$pid" 2>/dev/null || true; done
 	fi
 	for pid in $(cat /sys/fs/cgroup/$EGD_DOCKER_CGROUP_PARENT/cgroup.procs \
 		/sys/fs/cgroup/$EGD_DOCKER_CGROUP_PARENT/*/cgroup.procs \
 		/sys/fs/cgroup/*/$EGD_DOCKER_CGROUP_PARENT/*/cgroup.procs 2>/dev/null | sort -u); do
-		kill -9 "$pid" 2>/dev/null
+		kill -9 "$pid" 2>/dev/null || true
 	done
-	rm -f "$EGD_DOCKER_PIDFILE" "$EGD_DOCKER_SOCK" "$EGD_DOCKER_OWNER"
-	rm -rf "$EGD_DOCKER_EXEC_ROOT"
-	[ -n "${NS_D:-}" ] && ip netns del "$NS_D" 2>/dev/null
-	[ -n "${NS_S:-}" ] && ip netns del "$NS_S" 2>/dev/null
+	rm -f "$EGD_DOCKER_PIDFILE" "$EGD_DOCKER_SOCK" "$EGD_DOCKER_OWNER" || true
+	rm -rf "$EGD_DOCKER_EXEC_ROOT" || true
+	[ -z "${NS_D:-}" ] || ip netns del "$NS_D" 2>/dev/null || true
+	[ -z "${NS_S:-}" ] || ip netns del "$NS_S" 2>/dev/null || true
 	# The containers' cgroups (v2, or each v1 controller).
 	for d in /sys/fs/cgroup/$EGD_DOCKER_CGROUP_PARENT /sys/fs/cgroup/*/$EGD_DOCKER_CGROUP_PARENT; do
 		[ -d "$d" ] || continue
 		for _ in 1 2 3 4 5 6 7 8 9 10; do
-			find "$d" -depth -type d -exec rmdir {} + 2>/dev/null
+			find "$d" -depth -type d -exec rmdir {} + 2>/dev/null || true
 			[ -d "$d" ] || break
 			sleep 0.2
 		done
