@@ -97,8 +97,15 @@ compose_up() {
 	egd_docker_start || return 1
 	export DOCKERD_PID
 	echo "# $(date +%T) engine up" >&3
-	egd_docker_base debian:12 "$EGD_BASE_BUILD_PKGS" || return 1
-	egd_docker_base debian:12-slim "$EGD_BASE_SLIM_PKGS" || return 1
+	local build_pkgs slim_pkgs
+	build_pkgs=$(egd_dockerfile_pkgs "$REPO/Dockerfile" 1)
+	slim_pkgs=$(egd_dockerfile_pkgs "$REPO/Dockerfile" 2)
+	[ -n "$build_pkgs" ] && [ -n "$slim_pkgs" ] || {
+		echo "no 'for p in ...; do' package lists in the Dockerfile" >&2
+		return 1
+	}
+	egd_docker_base debian:12 "$build_pkgs" || return 1
+	egd_docker_base debian:12-slim "$slim_pkgs" || return 1
 	egd_docker_base egressd-e2e-agent:bookworm "$EGD_BASE_AGENT_PKGS" || return 1
 	echo "# $(date +%T) base images in place" >&3
 	# --network=none: the engine's namespace reaches no mirror anyway, and

@@ -45,11 +45,15 @@ EGD_DOCKER_START_S=60
 
 export DOCKER_HOST=unix://$EGD_DOCKER_SOCK
 
-# The packages the Dockerfile's stages install, as debootstrap --include
-# lists: they must stay in step with the Dockerfile's apt-get lines, which a
-# build skips when all are present (with --network=none it would fail).
-EGD_BASE_BUILD_PKGS=build-essential,cmake,pkg-config,clang,bpftool,libbpf-dev,libelf-dev,zlib1g-dev,libssl-dev,libjansson-dev,libc-ares-dev,libnftnl-dev,libmnl-dev,libcurl4-openssl-dev,libcmocka-dev
-EGD_BASE_SLIM_PKGS=libbpf1,libelf1,zlib1g,libssl3,libjansson4,libc-ares2,libnftnl11,libmnl0,libcurl4,ca-certificates,libcap2-bin
+# egd_dockerfile_pkgs DOCKERFILE N: the packages of the Nth `for p in ...;
+# do` list in DOCKERFILE (1: the build stage, 2: the runtime stage), comma
+# separated for debootstrap --include. Read from the Dockerfile, so the base
+# images always hold what its apt-get lines would install, which a build
+# then skips (with --network=none it could not run).
+egd_dockerfile_pkgs() {
+	sed -e ':a' -e '/\\$/{N;s/\\\n//;ba}' "$1" | grep -o 'for p in [^;]*; do' | sed -n "$2p" |
+		sed 's/^for p in //; s/; do$//' | tr -s ' \t' '\n' | grep -v '^$' | paste -sd, -
+}
 # The test agent: the tools the checks run inside the agent container.
 EGD_BASE_AGENT_PKGS=curl,ca-certificates,python3-minimal,nftables,iproute2,libcap2-bin
 
