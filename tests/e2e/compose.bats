@@ -150,6 +150,9 @@ teardown_file() {
 	[ -n "${EGD_COMPOSE_OWNER:-}" ] || return 0
 	if [ -n "${PROJECT:-}" ] && [ -S "$EGD_DOCKER_SOCK" ]; then
 		dc down -v -t 5 >/dev/null 2>&1 || true
+		# The data root keeps the base images and the last egressd:local,
+		# not every run's build (each is a few hundred MB).
+		"$DOCKER" image prune -f >/dev/null 2>&1 || true
 	fi
 	[ ! -s "$T/servers.pid" ] || kill "$(cat "$T/servers.pid")" 2>/dev/null || true
 	egd_docker_stop
