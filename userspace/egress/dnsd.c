@@ -1048,10 +1048,17 @@ static int open_sock(int family, int type, uint16_t port, struct egd_addr *bound
 	if (bind(fd, (struct sockaddr *)&ss, sl) ||
 	    (type == SOCK_STREAM && listen(fd, TCP_BACKLOG))) {
 		err = -errno;
-		egd_err("policy DNS %s on %s: %s%s", type == SOCK_STREAM ? "tcp" : "udp", name,
-			strerror(-err),
-			err == -EADDRINUSE ? " (another egressd running? set EGRESSD_DNS_LISTEN)" :
-					     "");
+		/* No ::1 (Docker's networks disable IPv6) is no error: there is
+		 * nothing of the agent's to answer there. */
+		if (family == AF_INET6 && (err == -EADDRNOTAVAIL || err == -EAFNOSUPPORT))
+			egd_debug("policy DNS %s on %s: %s (no IPv6 here)",
+				  type == SOCK_STREAM ? "tcp" : "udp", name, strerror(-err));
+		else
+			egd_err("policy DNS %s on %s: %s%s", type == SOCK_STREAM ? "tcp" : "udp",
+				name, strerror(-err),
+				err == -EADDRINUSE ?
+					" (another egressd running? set EGRESSD_DNS_LISTEN)" :
+					"");
 		close(fd);
 		return err;
 	}
@@ -1096,11 +1103,16 @@ struct egd_dnsd *egd_dnsd_new(struct egd_loop *loop, const struct egd_dnsd_confi
 		fd = open_sock(AF_INET6, SOCK_STREAM, cfg->port, &s->tcp6.addr);
 		if (fd < 0 || (err = watch(s, &s->tcp6.w, fd, on_accept)))
 			goto fail_fd;
+	} else if (fd == -EADDRNOTAVAIL || fd == -EAFNOSUPPORT) {
+		egd_debug("policy DNS: no IPv6 loopback, no IPv6 listener");
 	} else {
 		egd_warn("policy DNS: no IPv6 listener");
 	}
-	egd_info("policy DNS listening on 127.0.0.1:%u and [::1]:%u (udp, tcp)", cfg->port,
-		 cfg->port);
+	if (s->udp6.w.fd >= 0)
+		egd_info("policy DNS listening on 127.0.0.1:%u and [::1]:%u (udp, tcp)", cfg->port,
+			 cfg->port);
+	else
+		egd_info("policy DNS listening on 127.0.0.1:%u (udp, tcp)", cfg->port);
 	return s;
 
 fail_fd:
