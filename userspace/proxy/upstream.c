@@ -68,6 +68,7 @@ struct egd_upstream_req {
 	int got_bytes;
 	int head_done;
 	int retried;
+	int idempotent; /* GET or HEAD: safe to send twice (RFC 9110, 9.2.2) */
 	int aborted;
 };
 
@@ -392,13 +393,23 @@ static void req_fail(struct egd_upstream_req *r, int err)
 
 static int req_attach(struct egd_upstream_req *r);
 
-/* A reused connection failed before any answer: the server most likely
- * closed it while idle. Once, on a fresh connection. */
+/*
+ * A reused connection failed before any answer: the server most likely
+ * closed it while idle. Once, on a fresh connection, and only if the
+ * request cannot have run: none of it was handed to the socket, or it is
+ * idempotent. A POST the upstream read before the connection died may have
+ * been run (and billed) there; sending it again would run it twice while
+ * the ledger counts it once, so the caller gets the error instead (502).
+ * A connection found dead before the request was written is not this case:
+ * req_attach() never hands one out (conn_idle_alive()).
+ */
 static int req_retry(struct egd_upstream_req *r)
 {
 	struct uconn *c = r->c;
 
 	if (!c || !c->reused || r->got_bytes || r->retried)
+		return 0;
+	if (r->out_off && !r->idempotent)
 		return 0;
 	r->retried = 1;
 	c->req = NULL;
@@ -706,13 +717,33 @@ static void conn_cb(struct egd_watch *w, uint32_t events)
 	(void)events;
 }
 
+/*
+ * Whether the idle @c can carry a request: nothing to read and no EOF or
+ * error on its socket. The loop closes an idle connection as soon as it sees
+ * either (conn_cb), but the server may have closed it since the loop last
+ * looked; a request written there would fail after leaving, and could then
+ * not be retried (req_retry()). A peek costs one syscall per reuse.
+ */
+static int conn_idle_alive(const struct uconn *c)
+{
+	char b;
+	ssize_t n;
+
+	if (c->ssl && SSL_has_pending(c->ssl))
+		return 0;
+	n = recv(c->fd, &b, 1, MSG_PEEK | MSG_DONTWAIT);
+	return n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK);
+}
+
 /* Give @r a connection: an idle one, else a new one. Returns 0 or -errno. */
 static int req_attach(struct egd_upstream_req *r)
 {
 	struct egd_upstream *u = r->u;
-	struct uconn *c = u->idle;
+	struct uconn *c;
 	int err;
 
+	while ((c = u->idle) && !conn_idle_alive(c))
+		conn_close(c);
 	if (c) {
 		conn_unlink_idle(c);
 		c->state = C_ACTIVE;
@@ -788,6 +819,7 @@ struct egd_upstream_req *egd_upstream_send(struct egd_upstream *u, const char *m
 	egd_http_parser_set_body_cb(r->parser, body_cb, r);
 	if (!strcmp(method, "HEAD"))
 		egd_http_parser_expect_no_body(r->parser);
+	r->idempotent = !strcmp(method, "GET") || !strcmp(method, "HEAD");
 	err = req_attach(r);
 	if (err) {
 		/* Unreachable before trying is still reported from the loop. */

@@ -9,8 +9,10 @@
  *
  * TLS is verified against the system store plus UPSTREAM_CA_FILE, with SNI
  * and the hostname checked. Finished connections go back to a small
- * keep-alive pool. A reused connection that the server closed while idle is
- * retried once on a fresh one, before any byte of response was seen.
+ * keep-alive pool, each checked before reuse. A reused connection that fails
+ * before any byte of response is retried once on a fresh one, but a request
+ * other than GET or HEAD only if none of it was written: the upstream may
+ * have run it, and a chat completion run twice is billed twice.
  */
 #ifndef EGD_PROXY_UPSTREAM_H
 #define EGD_PROXY_UPSTREAM_H
