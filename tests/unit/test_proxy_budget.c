@@ -333,6 +333,113 @@ static void test_atomic_save_and_readback(void **state)
 	rm_tmpdir(dir);
 }
 
+/* Model names are the agent's to choose. 100 000 distinct ones of 100
+ * bytes each (under the name bound) would make a usage file of about 19 MB
+ * if every one were kept, past what the loader reads back: the next start
+ * would fail. Bounded, the file stays small and the restart loads it, every
+ * request still counted. */
+#define MANY_MODELS 100000
+#define MANY_MODELS_NAME_BYTES 100
+
+static void test_restart_after_100k_distinct_models(void **state)
+{
+	char *dir = make_tmpdir(), err[256], name[MANY_MODELS_NAME_BYTES + 1], path[512];
+	struct egd_budget *b = egd_budget_new(1e9, 0.01, "run", dir);
+	struct egd_budget *b2;
+	struct egd_ledger snap;
+	json_t *usage, *models, *other;
+	struct stat st;
+	double r;
+
+	(void)state;
+	assert_non_null(b);
+	for (int i = 0; i < MANY_MODELS; i++) {
+		snprintf(name, sizeof(name), "vendor/%0*d", MANY_MODELS_NAME_BYTES - 7, i);
+		assert_int_equal(egd_budget_admit(b, &r), 0);
+		egd_budget_settle(b, r, name, 0.001, 2, 1, NULL);
+	}
+	assert_int_equal(egd_budget_save(b), 0);
+	snprintf(path, sizeof(path), "%s/" EGD_USAGE_FILE_NAME, dir);
+	assert_int_equal(stat(path, &st), 0);
+	assert_true(st.st_size < EGD_USAGE_FILE_MAX_BYTES);
+
+	b2 = egd_budget_new(1e9, 0.01, "run", dir);
+	assert_int_equal(egd_budget_load(b2, err, sizeof(err)), 0);
+	egd_budget_snapshot(b2, &snap);
+	assert_int_equal(snap.requests, MANY_MODELS);
+	assert_int_equal(snap.prompt_tokens, 2 * MANY_MODELS);
+	egd_budget_destroy(b);
+
+	/* The first EGD_LEDGER_MODELS_MAX by name, the rest as one. */
+	assert_int_equal(egd_usage_file_read(path, &usage, err, sizeof(err)), 0);
+	models = json_object_get(usage, "models");
+	assert_int_equal(json_object_size(models), EGD_LEDGER_MODELS_MAX + 1);
+	other = json_object_get(models, EGD_LEDGER_MODEL_OTHER);
+	assert_int_equal(json_integer_value(json_object_get(other, "requests")),
+			 MANY_MODELS - EGD_LEDGER_MODELS_MAX);
+	assert_int_equal(json_integer_value(json_object_get(other, "completion_tokens")),
+			 MANY_MODELS - EGD_LEDGER_MODELS_MAX);
+	json_decref(usage);
+	egd_budget_destroy(b2);
+	rm_tmpdir(dir);
+}
+
+/* A name past EGD_LEDGER_MODEL_NAME_MAX_BYTES is not kept, even when there
+ * is room for more models. */
+static void test_overlong_model_name_counted_as_other(void **state)
+{
+	char name[EGD_LEDGER_MODEL_NAME_MAX_BYTES + 2];
+	struct egd_ledger l;
+	json_t *other;
+	double r;
+
+	(void)state;
+	memset(name, 'm', sizeof(name) - 1);
+	name[sizeof(name) - 1] = 0;
+	assert_int_equal(egd_ledger_init(&l, 10, 0.01), 0);
+	egd_ledger_admit(&l, &r);
+	egd_ledger_settle(&l, r, name, 0.5, 3, 4);
+	name[EGD_LEDGER_MODEL_NAME_MAX_BYTES] = 0;
+	egd_ledger_admit(&l, &r);
+	egd_ledger_settle(&l, r, name, 0.25, 1, 1);
+	assert_int_equal(json_object_size(l.models), 2);
+	assert_non_null(json_object_get(l.models, name));
+	other = json_object_get(l.models, EGD_LEDGER_MODEL_OTHER);
+	assert_int_equal(json_integer_value(json_object_get(other, "requests")), 1);
+	assert_int_equal(json_integer_value(json_object_get(other, "prompt_tokens")), 3);
+	assert_true(json_real_value(json_object_get(other, "cost_usd")) == 0.5);
+	egd_ledger_fini(&l);
+}
+
+/* A usage file written before the bound (or by hand) with more models than
+ * it allows is folded on load, totals kept. */
+static void test_restore_folds_models_past_the_bound(void **state)
+{
+	struct egd_ledger l;
+	char err[256], name[32];
+	json_t *usage, *models, *other;
+
+	(void)state;
+	models = json_object();
+	for (int i = 0; i < EGD_LEDGER_MODELS_MAX + 10; i++) {
+		snprintf(name, sizeof(name), "m%d", i);
+		json_object_set_new(models, name,
+				    json_pack("{s:i, s:f, s:i, s:i}", "requests", 2, "cost_usd",
+					      0.5, "prompt_tokens", 3, "completion_tokens", 4));
+	}
+	usage = json_pack("{s:f, s:i, s:i, s:i, s:o}", "total_cost_usd", 1.0, "requests", 1,
+			  "prompt_tokens", 1, "completion_tokens", 1, "models", models);
+	assert_int_equal(egd_ledger_init(&l, 10, 0.01), 0);
+	assert_int_equal(egd_ledger_restore(&l, usage, err, sizeof(err)), 0);
+	assert_int_equal(json_object_size(l.models), EGD_LEDGER_MODELS_MAX + 1);
+	other = json_object_get(l.models, EGD_LEDGER_MODEL_OTHER);
+	assert_int_equal(json_integer_value(json_object_get(other, "requests")), 2 * 10);
+	assert_int_equal(json_integer_value(json_object_get(other, "completion_tokens")), 4 * 10);
+	assert_true(json_real_value(json_object_get(other, "cost_usd")) == 0.5 * 10);
+	json_decref(usage);
+	egd_ledger_fini(&l);
+}
+
 static void test_missing_usage_file_is_fresh_run(void **state)
 {
 	char *dir = make_tmpdir(), err[256];
@@ -724,6 +831,9 @@ int main(int argc, char **argv)
 		cmocka_unit_test(test_usage_dump_numbers_exact_and_short),
 		cmocka_unit_test(test_atomic_save_and_readback),
 		cmocka_unit_test(test_missing_usage_file_is_fresh_run),
+		cmocka_unit_test(test_restart_after_100k_distinct_models),
+		cmocka_unit_test(test_overlong_model_name_counted_as_other),
+		cmocka_unit_test(test_restore_folds_models_past_the_bound),
 		cmocka_unit_test(test_corrupt_usage_file_is_an_error),
 		cmocka_unit_test(test_inference_line_has_reference_fields),
 		cmocka_unit_test(test_jsonw_reals_match_jansson),

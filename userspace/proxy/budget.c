@@ -69,20 +69,32 @@ static int add_int(json_t *o, const char *key, int64_t n)
 	return json_object_set_new(o, key, json_integer(v + n));
 }
 
-static int count_model(struct egd_ledger *l, const char *model, double cost, int64_t pt,
-		       int64_t ct)
+/* The key @model is counted under in @models: its own while the bounds
+ * allow (budget.h), else EGD_LEDGER_MODEL_OTHER. */
+static const char *model_key(const json_t *models, const char *model)
 {
-	json_t *m;
-
 	if (!model || !*model)
 		model = "unknown";
-	m = json_object_get(l->models, model);
+	if (strnlen(model, EGD_LEDGER_MODEL_NAME_MAX_BYTES + 1) > EGD_LEDGER_MODEL_NAME_MAX_BYTES)
+		return EGD_LEDGER_MODEL_OTHER;
+	if (json_object_get(models, model) || json_object_size(models) < EGD_LEDGER_MODELS_MAX)
+		return model;
+	return EGD_LEDGER_MODEL_OTHER;
+}
+
+/* Add counts to the entry of @model in @models, created when missing. */
+static int count_model(json_t *models, const char *model, int64_t requests, double cost,
+		       int64_t pt, int64_t ct)
+{
+	const char *key = model_key(models, model);
+	json_t *m = json_object_get(models, key);
+
 	if (!json_is_object(m)) {
 		m = json_object();
-		if (!m || json_object_set_new(l->models, model, m))
+		if (!m || json_object_set_new(models, key, m))
 			return -ENOMEM;
 	}
-	if (add_int(m, "requests", 1) || add_int(m, "prompt_tokens", pt) ||
+	if (add_int(m, "requests", requests) || add_int(m, "prompt_tokens", pt) ||
 	    add_int(m, "completion_tokens", ct) ||
 	    json_object_set_new(m, "cost_usd",
 				json_real(json_number_value(json_object_get(m, "cost_usd")) +
@@ -108,7 +120,7 @@ int egd_ledger_settle(struct egd_ledger *l, double reservation_usd, const char *
 	l->completion_tokens += (uint64_t)completion_tokens;
 	/* Per-model stats are informational; the totals above are what the
 	 * budget relies on, so a failure here is not an accounting error. */
-	count_model(l, model, cost_usd, prompt_tokens, completion_tokens);
+	count_model(l->models, model, 1, cost_usd, prompt_tokens, completion_tokens);
 	return l->spent_usd > l->cap_usd;
 }
 
@@ -206,6 +218,40 @@ static int get_count(const json_t *o, const char *key, uint64_t *out, char *err,
 	return 0;
 }
 
+/* A copy of the "models" of a usage file, within the bounds: a file written
+ * before them (or by hand) may hold more, and what does not fit is added to
+ * EGD_LEDGER_MODEL_OTHER. NULL when out of memory. */
+static json_t *restore_models(const json_t *models)
+{
+	json_t *copy = json_object(), *m;
+	const char *key;
+
+	if (!copy)
+		return NULL;
+	json_object_foreach((json_t *)models, key, m) {
+		const char *k = model_key(copy, key);
+		json_t *dup;
+
+		if (!strcmp(k, key) && !json_object_get(copy, key)) {
+			dup = json_deep_copy(m);
+			if (!dup || json_object_set_new(copy, key, dup))
+				goto err_free;
+			continue;
+		}
+		if (json_is_object(m) &&
+		    count_model(copy, k, json_integer_value(json_object_get(m, "requests")),
+				json_number_value(json_object_get(m, "cost_usd")),
+				json_integer_value(json_object_get(m, "prompt_tokens")),
+				json_integer_value(json_object_get(m, "completion_tokens"))))
+			goto err_free;
+	}
+	return copy;
+
+err_free:
+	json_decref(copy);
+	return NULL;
+}
+
 int egd_ledger_restore(struct egd_ledger *l, const json_t *usage, char *err, size_t errlen)
 {
 	const json_t *cost = json_object_get(usage, "total_cost_usd");
@@ -230,7 +276,7 @@ int egd_ledger_restore(struct egd_ledger *l, const json_t *usage, char *err, siz
 		snprintf(err, errlen, "\"models\" missing or not an object");
 		return -EBADMSG;
 	}
-	copy = json_deep_copy(models);
+	copy = restore_models(models);
 	if (!copy) {
 		snprintf(err, errlen, "out of memory");
 		return -ENOMEM;

@@ -30,6 +30,26 @@
 /* The usage file is small; a bigger one is not ours. */
 #define EGD_USAGE_FILE_MAX_BYTES (16 * 1024 * 1024)
 
+/*
+ * The per-model counters are keyed by the model the agent asked for, a
+ * string of its choosing. Unbounded, an agent with the key could grow
+ * proxy_usage.json (rewritten on every commit) past what the loader reads
+ * back and stop the next start. So at most EGD_LEDGER_MODELS_MAX models are
+ * counted by name, far more than a run uses; later ones, and names longer
+ * than EGD_LEDGER_MODEL_NAME_MAX_BYTES (OpenRouter's "vendor/model:variant"
+ * ids are well under 100 bytes), are counted together under
+ * EGD_LEDGER_MODEL_OTHER. The totals are never affected.
+ */
+#define EGD_LEDGER_MODELS_MAX 1000
+#define EGD_LEDGER_MODEL_NAME_MAX_BYTES 128
+#define EGD_LEDGER_MODEL_OTHER "other"
+/* One model entry at its largest in the usage file: the name with every
+ * byte escaped as \u00XX, and four numbers with their keys. */
+#define EGD_LEDGER_MODEL_ENTRY_MAX_BYTES (6 * EGD_LEDGER_MODEL_NAME_MAX_BYTES + 256)
+_Static_assert((EGD_LEDGER_MODELS_MAX + 1) * EGD_LEDGER_MODEL_ENTRY_MAX_BYTES <
+		       EGD_USAGE_FILE_MAX_BYTES / 4,
+	       "a usage file with every model entry at its largest loads back");
+
 /* The syncer's rounds start at most this often: the longest a record
  * written by a busy proxy waits for its fsync, beyond the fsync itself. */
 #define EGD_BUDGET_SYNC_INTERVAL_MS 50
@@ -47,7 +67,7 @@ struct egd_ledger {
 	uint64_t prompt_tokens;
 	uint64_t completion_tokens;
 	/* {"model": {"requests", "cost_usd", "prompt_tokens",
-	 * "completion_tokens"}}, owned. */
+	 * "completion_tokens"}}, owned; bounded as above. */
 	json_t *models;
 };
 
@@ -64,7 +84,7 @@ int egd_ledger_admit(struct egd_ledger *l, double *reservation_usd);
 void egd_ledger_release(struct egd_ledger *l, double reservation_usd);
 /*
  * Replace a reservation by the real cost, and count the request under
- * @model (NULL or "" counts as "unknown"). Returns 1 when the spend is now
+ * @model (NULL or "" counts as "unknown"; see EGD_LEDGER_MODELS_MAX). Returns 1 when the spend is now
  * over the cap (the caller withholds a non-streaming answer), else 0.
  */
 int egd_ledger_settle(struct egd_ledger *l, double reservation_usd, const char *model,
@@ -85,8 +105,9 @@ json_t *egd_ledger_usage_json(const struct egd_ledger *l, const char *run_id);
  * written without the tree when the names allow (jsonw.h). Malloc'ed; NULL
  * on failure. */
 char *egd_ledger_usage_text(const struct egd_ledger *l, const char *run_id);
-/* Restore spent, counters and models from a usage summary. -EBADMSG with a
- * reason in @err when a key is missing or has the wrong type. */
+/* Restore spent, counters and models from a usage summary, models past the
+ * bounds above folded into EGD_LEDGER_MODEL_OTHER. -EBADMSG with a reason in
+ * @err when a key is missing or has the wrong type. */
 int egd_ledger_restore(struct egd_ledger *l, const json_t *usage, char *err, size_t errlen);
 
 /* ---- the daemon's locked ledger ---------------------------------------- */
