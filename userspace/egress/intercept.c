@@ -180,9 +180,13 @@ struct egd_intercept *egd_intercept_new(struct egd_loop *const *loops, unsigned 
 	char err[EGD_CONFIG_ERR_MAX_BYTES];
 	int ret;
 
-	if (!ic || !n || !(ic->proxies = calloc(n, sizeof(*ic->proxies)))) {
+	if (!ic) {
+		errno = ENOMEM;
+		return NULL;
+	}
+	if (!n || !(ic->proxies = calloc(n, sizeof(*ic->proxies)))) {
 		free(ic);
-		errno = ic && !n ? EINVAL : ENOMEM;
+		errno = !n ? EINVAL : ENOMEM;
 		return NULL;
 	}
 	ic->workers = workers;
