@@ -7,6 +7,7 @@
 #define EGD_CORE_GROW_H
 
 #include <errno.h>
+#include <stddef.h>
 #include <stdint.h>
 #include <stdlib.h>
 
@@ -23,13 +24,15 @@ static inline void *egd_grow(void *buf, size_t *cap, size_t need, size_t initial
 	size_t ncap = *cap ? *cap : initial ? initial : 1;
 	void *nb;
 
-	while (ncap < need) {
-		if (ncap > SIZE_MAX / 2) {
-			errno = ENOMEM;
-			return NULL;
-		}
-		ncap *= 2;
+	/* No object is larger than PTRDIFF_MAX (C11 7.20.3); saying so first
+	 * also lets the compiler see that realloc() is never asked for more,
+	 * which -Walloc-size-larger-than checks in optimised builds. */
+	if (need > PTRDIFF_MAX) {
+		errno = ENOMEM;
+		return NULL;
 	}
+	while (ncap < need)
+		ncap = ncap > PTRDIFF_MAX / 2 ? need : ncap * 2;
 	nb = realloc(buf, ncap);
 	if (nb)
 		*cap = ncap;
