@@ -187,4 +187,11 @@ while not served():
     time.sleep(0.1)
 PY
 	[ "$(metric egressd_overload_resets_total)" -ge 1 ]
+	# Every connection the kernel recorded was accepted and is closed:
+	# the reset ones too left no original-destination record behind.
+	if [ "$MODE" = bpf ]; then
+		run bpftool -j map dump pinned "$PIN/maps/orig_by_tuple"
+		[ "$status" -eq 0 ]
+		[ "$(jq length <<<"$output")" -eq 0 ]
+	fi
 }

@@ -204,6 +204,21 @@ static void conn_close(struct egd_conn *c, const char *why, int rst)
 		egd_warn("connection memory leaked: defer queue full");
 }
 
+/*
+ * Arm @c's deadline. Arming can fail only when the loop's timer heap cannot
+ * grow (-ENOMEM); a connection kept without a deadline could then sit in
+ * the sniff or connect state for ever, holding its slot, so it is reset
+ * instead. 0, or the error with @c closed (the caller returns).
+ */
+static int conn_arm(struct egd_conn *c, unsigned long long at_ms)
+{
+	int err = egd_timer_arm(c->wk->loop, &c->timer, at_ms);
+
+	if (err)
+		conn_close(c, "no deadline: out of memory", 1);
+	return err;
+}
+
 /* --- refusals -------------------------------------------------------------- */
 
 static void deny(struct egd_conn *c)
@@ -507,7 +522,8 @@ static void dial(struct egd_conn *c, const struct egd_addr *to)
 		return;
 	}
 	c->state = ST_CONNECT;
-	egd_timer_arm(wk->loop, &c->timer, egd_now_ms() + d->cfg.connect_timeout_ms);
+	if (conn_arm(c, egd_now_ms() + d->cfg.connect_timeout_ms))
+		return;
 	if (connect(fd, (struct sockaddr *)&ss, sl) && errno != EINPROGRESS) {
 		EGD_COUNTER_INC(wk->m.tunnel_errors_connect);
 		conn_close(c, strerror(errno), 1);
@@ -592,8 +608,8 @@ static void decide_and_act(struct egd_conn *c)
 		c->late_check = !c->len;
 		if (c->dec.dial_by_name) {
 			c->state = ST_RESOLVE;
-			egd_timer_arm(wk->loop, &c->timer,
-				      egd_now_ms() + d->cfg.connect_timeout_ms);
+			if (conn_arm(c, egd_now_ms() + d->cfg.connect_timeout_ms))
+				return;
 			c->rreq = egd_resolve(wk->resolver, c->intent.sniff.host,
 					      c->intent.orig.port, on_resolved, c);
 			if (!c->rreq)
@@ -657,7 +673,7 @@ static void sniff_more(struct egd_conn *c)
 	}
 	if (before == 0 && c->len > 0) {
 		/* First bytes in: the rest of the hello has a longer deadline. */
-		egd_timer_arm(c->wk->loop, &c->timer, c->start_ms + d->cfg.sniff_timeout_ms);
+		conn_arm(c, c->start_ms + d->cfg.sniff_timeout_ms);
 	}
 }
 
@@ -696,7 +712,7 @@ static void on_client(struct egd_watch *w, uint32_t events)
  * it would say, and a TLS client merely slow to write its ClientHello (a
  * CPU-starved one, still loading its CA bundle) would be reset on its way to
  * the intercept host. There a silent client keeps the sniff deadline. 1 when
- * the timer was re-armed for it.
+ * the timer was re-armed for it (or @c closed because it could not be).
  */
 static int silent_wait_more(struct egd_conn *c)
 {
@@ -705,7 +721,7 @@ static int silent_wait_more(struct egd_conn *c)
 	if (__atomic_load_n(&c->d->phase, __ATOMIC_ACQUIRE) != EGD_PHASE_AGENT ||
 	    egd_now_ms() >= deadline)
 		return 0;
-	egd_timer_arm(c->wk->loop, &c->timer, deadline);
+	conn_arm(c, deadline);
 	return 1;
 }
 
@@ -752,18 +768,33 @@ static void on_timer(struct egd_timer *t)
  * without getsockname()/getpeername().
  */
 static int find_orig(struct egd_listener *l, int fd, const struct sockaddr *peer,
-		     struct egd_conn *c, struct egd_orig *orig)
+		     struct egd_addr *peer_out, struct egd_orig *orig)
 {
-	struct egd_daemon *d = c->d;
+	struct egd_daemon *d = l->wk->d;
 	struct egd_tuple t;
 
 	if (d->capture != EGD_CAPTURE_BPF || peer->sa_family == AF_UNSPEC)
-		return egd_orig_dst(d->capture, &d->bpf, fd, orig, &c->peer);
+		return egd_orig_dst(d->capture, &d->bpf, fd, orig, peer_out);
 	memset(&t, 0, sizeof(t));
 	egd_addr_from_sockaddr(&t.src, peer);
 	t.dst = l->addr;
-	c->peer = t.src;
+	*peer_out = t.src;
 	return egd_bpf_orig_take(&d->bpf, &t, orig);
+}
+
+/*
+ * Refuse @fd before it became a connection: its original-destination record
+ * is taken out of the BPF map first (it would stay there otherwise, filling
+ * the map until a later connection from the same 4-tuple found a stale
+ * destination), then the client gets a reset.
+ */
+static void refuse_accepted(struct egd_listener *l, int fd, const struct sockaddr *peer)
+{
+	struct egd_addr ignored_peer;
+	struct egd_orig ignored;
+
+	find_orig(l, fd, peer, &ignored_peer, &ignored);
+	egd_close_reset(fd);
 }
 
 static void accept_one(struct egd_listener *l, int fd, const struct sockaddr *peer)
@@ -776,17 +807,19 @@ static void accept_one(struct egd_listener *l, int fd, const struct sockaddr *pe
 
 	if (!egd_slot_take(&d->n_conns, d->cfg.max_conns)) {
 		EGD_COUNTER_INC(wk->m.overload_resets);
-		egd_close_reset(fd);
+		refuse_accepted(l, fd, peer);
 		return;
 	}
 	c = calloc(1, sizeof(*c));
 	if (c)
 		c->buf = malloc(SNIFF_BUF_BYTES);
 	if (!c || !c->buf) {
-		if (c)
-			free(c);
+		/* A reset, as for any refusal: a plain close would look like
+		 * a server that answered and hung up. */
+		egd_warn("accept: out of memory; connection reset");
+		free(c);
 		egd_slot_give(&d->n_conns);
-		close(fd);
+		refuse_accepted(l, fd, peer);
 		return;
 	}
 	c->wk = wk;
@@ -804,7 +837,7 @@ static void accept_one(struct egd_listener *l, int fd, const struct sockaddr *pe
 	wk->conns = c;
 	wk->n_conns++;
 
-	err = find_orig(l, fd, peer, c, &orig);
+	err = find_orig(l, fd, peer, &c->peer, &orig);
 	c->intent.has_orig = err == 0;
 	c->intent.orig = orig.dst;
 	c->intent.cgroup_id = orig.cgroup_id;
@@ -823,7 +856,7 @@ static void accept_one(struct egd_listener *l, int fd, const struct sockaddr *pe
 		conn_close(c, NULL, 1);
 		return;
 	}
-	egd_timer_arm(wk->loop, &c->timer, c->start_ms + d->cfg.first_byte_ms);
+	conn_arm(c, c->start_ms + d->cfg.first_byte_ms);
 }
 
 void egd_engine_accept(struct egd_watch *w, uint32_t events)
