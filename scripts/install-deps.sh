@@ -9,7 +9,7 @@ PKGS=(
 	clang llvm libclang-rt-14-dev bpftool libbpf-dev libelf-dev zlib1g-dev
 	libssl-dev openssl libjansson-dev libc-ares-dev libnftnl-dev libmnl-dev
 	libcurl4-openssl-dev
-	libcmocka-dev bats
+	libcmocka-dev bats cppcheck clang-format
 	iproute2 nftables curl socat python3 procps util-linux libcap2-bin
 	nginx-light libnginx-mod-stream wrk
 	python3-yaml docker-compose

@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
 # SPDX-License-Identifier: MIT
-# Installs what is missing, builds, and runs every test: unit tests (CTest +
-# cmocka), the same unit tests under ASan+UBSan, a short smoke run of every
+# Installs what is missing, builds, and runs every test: cppcheck and the
+# format of the changed lines, unit tests (CTest + cmocka), with BUILD_MATRIX=1
+# a build in every build type with every sanitizer option (28 builds), the
+# same unit tests under ASan+UBSan, a short smoke run of every
 # libFuzzer target, and the end-to-end suite (bats; real BPF, namespaces and
 # cgroups, so it needs root). Output ends with the bats summary.
 #
 # Settings: FUZZ_SECONDS (per target, default 10), SKIP_E2E=1, SKIP_FUZZ=1,
-# SKIP_ASAN=1, SKIP_TSAN=1, JOBS (default: number of CPUs).
+# BUILD_MATRIX=1, SKIP_ASAN=1, SKIP_TSAN=1, JOBS (default: number of CPUs).
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
@@ -22,8 +24,17 @@ step "build (RelWithDebInfo)"
 cmake -S . -B build -DCMAKE_BUILD_TYPE=RelWithDebInfo >/dev/null
 make -C build -j"$JOBS" --no-print-directory
 
+step "static analysis (cppcheck) and format of the changed lines"
+./scripts/static-check.sh
+./scripts/format-check.sh
+
 step "unit tests"
 (cd build && ctest --output-on-failure)
+
+if [ "${BUILD_MATRIX:-0}" = 1 ]; then
+	step "every build type with every sanitizer option (gcc and clang)"
+	JOBS=$JOBS ./scripts/build-matrix.sh
+fi
 
 if [ "${SKIP_ASAN:-0}" != 1 ]; then
 	step "unit tests under ASan+UBSan"

@@ -46,9 +46,9 @@ struct server {
 	int lfd, port;
 	enum first_conn mode;
 	pthread_t thread;
-	int stop;	   /* set by the test, read by the thread */
-	int requests;	   /* requests read, every connection */
-	int conns;	   /* connections accepted */
+	int stop;	    /* set by the test, read by the thread */
+	int requests;	    /* requests read, every connection */
+	int conns;	    /* connections accepted */
 	int closed_pipe[2]; /* a byte when the first connection was closed */
 	pthread_mutex_t mu;
 	int running; /* the thread is up: server_stop() has work to do */
@@ -152,7 +152,6 @@ static void server_start(struct server *s, enum first_conn mode)
 	s->running = 1;
 }
 
-
 static int server_stop(struct server *s)
 {
 	int requests;
@@ -241,9 +240,8 @@ static void script_next(void *arg)
 	}
 	s->err[s->next] = 1;
 	s->next++;
-	assert_non_null(egd_upstream_send(s->u, s->methods[s->next - 1],
-					  "/api/v1/chat/completions", NULL, 0, body, strlen(body),
-					  &cbs, s));
+	assert_non_null(egd_upstream_send(s->u, s->methods[s->next - 1], "/api/v1/chat/completions",
+					  NULL, 0, body, strlen(body), &cbs, s));
 }
 
 static void script_run(struct script *s, int port)

@@ -83,8 +83,8 @@ static const char *model_key(const json_t *models, const char *model)
 }
 
 /* Add counts to the entry of @model in @models, created when missing. */
-static int count_model(json_t *models, const char *model, int64_t requests, double cost,
-		       int64_t pt, int64_t ct)
+static int count_model(json_t *models, const char *model, int64_t requests, double cost, int64_t pt,
+		       int64_t ct)
 {
 	const char *key = model_key(models, model);
 	json_t *m = json_object_get(models, key);
@@ -96,9 +96,9 @@ static int count_model(json_t *models, const char *model, int64_t requests, doub
 	}
 	if (add_int(m, "requests", requests) || add_int(m, "prompt_tokens", pt) ||
 	    add_int(m, "completion_tokens", ct) ||
-	    json_object_set_new(m, "cost_usd",
-				json_real(json_number_value(json_object_get(m, "cost_usd")) +
-					  cost)))
+	    json_object_set_new(
+		    m, "cost_usd",
+		    json_real(json_number_value(json_object_get(m, "cost_usd")) + cost)))
 		return -ENOMEM;
 	return 0;
 }

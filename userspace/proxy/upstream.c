@@ -633,6 +633,7 @@ static void conn_active_io(struct uconn *c)
 		/* The request may finish (or die) inside, and a response
 		 * that ends the connection frees it there; stop touching
 		 * either unless both are still here and still paired. */
+		// cppcheck-suppress autoVariables ; cleared below, or c is freed
 		c->closed = &closed;
 		req_feed(r, buf, (size_t)n);
 		if (closed)

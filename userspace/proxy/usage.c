@@ -592,7 +592,7 @@ static int reals_short(const json_t *o)
 
 char *egd_json_dumps(const json_t *o)
 {
-	int digits = reals_short(o) ? 15 : 17;
+	size_t digits = reals_short(o) ? 15 : 17;
 
 	return json_dumps(o, JSON_COMPACT | JSON_REAL_PRECISION(digits));
 }
