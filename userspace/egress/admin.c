@@ -10,6 +10,7 @@
 #include "egress/intercept.h"
 #include "core/grow.h"
 #include "core/log.h"
+#include "core/slots.h"
 
 #include <errno.h>
 #include <stdarg.h>
@@ -30,11 +31,16 @@ struct admin_conn {
 	struct egd_daemon *d;
 	size_t len;
 	char buf[ADMIN_REQUEST_MAX_BYTES];
+	/* The answer, written as the socket takes it (a /metrics answer can
+	 * be larger than the socket buffer); NULL while reading. */
+	char *out;
+	size_t out_len, out_off;
 };
 
 struct sbuf {
 	char *p;
 	size_t len, cap;
+	int failed; /* out of memory: the text is incomplete */
 };
 
 static void sb_printf(struct sbuf *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
@@ -48,15 +54,19 @@ static void sb_printf(struct sbuf *b, const char *fmt, ...)
 		va_start(ap, fmt);
 		n = vsnprintf(b->p ? b->p + b->len : NULL, b->p ? b->cap - b->len : 0, fmt, ap);
 		va_end(ap);
-		if (n < 0)
+		if (n < 0 || b->failed) {
+			b->failed = 1;
 			return;
+		}
 		if (b->p && b->len + (size_t)n < b->cap) {
 			b->len += (size_t)n;
 			return;
 		}
 		np = egd_grow(b->p, &b->cap, b->len + (size_t)n + 1, 8192);
-		if (!np)
+		if (!np) {
+			b->failed = 1;
 			return;
+		}
 		b->p = np;
 	}
 }
@@ -176,8 +186,11 @@ static void render_metrics(struct egd_daemon *d, struct sbuf *b)
 	if (d->intercept) {
 		char *px = egd_intercept_metrics(d->intercept);
 
+		/* NULL only when out of memory: the page would lack them. */
 		if (px)
 			sb_printf(b, "%s", px);
+		else
+			b->failed = 1;
 		free(px);
 	}
 	if (d->capture == EGD_CAPTURE_BPF && egd_bpf_counters(&d->bpf, k) == 0) {
@@ -195,28 +208,65 @@ static void admin_close(struct admin_conn *a)
 	egd_timer_cancel(a->d->loop, &a->t);
 	egd_loop_del(a->d->loop, &a->w);
 	close(a->w.fd);
+	free(a->out);
 	free(a);
+}
+
+/* Write what the socket takes of the answer; the rest when it is writable
+ * again (the connection's deadline still bounds the whole exchange). Closes
+ * once all is written, or on an error. */
+static void admin_flush(struct admin_conn *a)
+{
+	while (a->out_off < a->out_len) {
+		ssize_t n =
+			send(a->w.fd, a->out + a->out_off, a->out_len - a->out_off, MSG_NOSIGNAL);
+
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n < 0 && errno == EAGAIN) {
+			if (egd_loop_mod(a->d->loop, &a->w, EPOLLOUT | EPOLLET))
+				break;
+			return;
+		}
+		if (n < 0) {
+			egd_debug("admin reply: %s", strerror(errno));
+			break;
+		}
+		a->out_off += (size_t)n;
+	}
+	admin_close(a);
 }
 
 static void respond(struct admin_conn *a, int status, const char *ctype, const char *body,
 		    size_t len)
 {
+	/* For when there is no memory for the answer itself. */
+	static const char oom[] = "HTTP/1.1 500 Internal Server Error\r\nContent-Length: 0\r\n"
+				  "Connection: close\r\n\r\n";
 	char head[256];
 	const char *text = status == 200 ? "OK" :
 			   status == 404 ? "Not Found" :
 			   status == 405 ? "Method Not Allowed" :
-			   status == 503 ? "Service Unavailable" : "Bad Request";
+			   status == 500 ? "Internal Server Error" :
+			   status == 503 ? "Service Unavailable" :
+					   "Bad Request";
 	int n = snprintf(head, sizeof(head),
 			 "HTTP/1.1 %d %s\r\nContent-Type: %s\r\nContent-Length: %zu\r\n"
 			 "Connection: close\r\n\r\n",
 			 status, text, ctype, len);
-	struct iovec iov[2] = { { head, (size_t)n }, { (void *)body, len } };
-	struct msghdr mh = { .msg_iov = iov, .msg_iovlen = 2 };
 
-	/* The reply fits the socket buffer of a fresh connection. */
-	if (sendmsg(a->w.fd, &mh, MSG_NOSIGNAL) < 0)
-		egd_debug("admin reply: %s", strerror(errno));
-	admin_close(a);
+	a->out = malloc((size_t)n + len);
+	if (!a->out) {
+		if (send(a->w.fd, oom, sizeof(oom) - 1, MSG_NOSIGNAL) < 0)
+			egd_debug("admin reply: %s", strerror(errno));
+		admin_close(a);
+		return;
+	}
+	memcpy(a->out, head, (size_t)n);
+	if (len)
+		memcpy(a->out + n, body, len);
+	a->out_len = (size_t)n + len;
+	admin_flush(a);
 }
 
 static void handle(struct admin_conn *a)
@@ -240,7 +290,11 @@ static void handle(struct admin_conn *a)
 			respond(a, 503, "text/plain", "not ready\n", 10);
 	} else if (strcmp(path, "/metrics") == 0) {
 		render_metrics(a->d, &b);
-		respond(a, 200, "text/plain; version=0.0.4", b.p ? b.p : "", b.len);
+		/* Half a page of metrics would read as counters gone to 0. */
+		if (b.failed)
+			respond(a, 500, "text/plain", "out of memory\n", 14);
+		else
+			respond(a, 200, "text/plain; version=0.0.4", b.p ? b.p : "", b.len);
 		free(b.p);
 	} else {
 		respond(a, 404, "text/plain", "not found\n", 10);
@@ -252,6 +306,10 @@ static void on_admin_conn(struct egd_watch *w, uint32_t events)
 	struct admin_conn *a = (struct admin_conn *)w;
 
 	(void)events;
+	if (a->out) {
+		admin_flush(a);
+		return;
+	}
 	for (;;) {
 		ssize_t n = recv(w->fd, a->buf + a->len, sizeof(a->buf) - 1 - a->len, 0);
 
@@ -293,7 +351,7 @@ static void on_admin_accept(struct egd_watch *w, uint32_t events)
 			return;
 		a = calloc(1, sizeof(*a));
 		if (!a) {
-			close(fd);
+			egd_close_reset(fd);
 			continue;
 		}
 		a->d = d;
@@ -305,7 +363,9 @@ static void on_admin_accept(struct egd_watch *w, uint32_t events)
 			free(a);
 			continue;
 		}
-		egd_timer_arm(d->loop, &a->t, egd_now_ms() + ADMIN_TIMEOUT_MS);
+		/* Without its deadline a silent client would hold it for ever. */
+		if (egd_timer_arm(d->loop, &a->t, egd_now_ms() + ADMIN_TIMEOUT_MS))
+			admin_close(a);
 	}
 }
 
