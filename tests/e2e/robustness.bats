@@ -72,6 +72,23 @@ teardown() {
 	[[ "$output" == *"Address already in use"* ]]
 }
 
+@test "a worker that cannot be set up stops the daemon with a message" {
+	skip_unless_capable
+	egd_setup_net
+	egd_setup_cgroups
+	egd_attach
+	# Few descriptors and many workers: the first workers get their
+	# loops and listeners, a later one runs out. Its listener is opened
+	# quietly (one log line per address, not per worker), and the daemon
+	# used to exit 1 with nothing said.
+	run nsenter --net="/run/netns/$NS_A" prlimit --nofile=64:64 \
+		"$EGRESSD" run --mode bpf --pin "$PIN" --admin-listen off --workers 32 \
+		--proxy-http-listen off --sentinel "$T/sentinel"
+	echo "$output"
+	[ "$status" -ne 0 ]
+	[[ "$output" == *"not starting: workers: Too many open files"* ]]
+}
+
 @test "bad settings are refused at start, naming the variable" {
 	skip_unless_capable
 	EGRESSD_FIRST_BYTE_MS=soon run unshare -n "$EGRESSD" run --admin-listen off

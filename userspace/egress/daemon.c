@@ -619,10 +619,13 @@ static int run_worker_threads(struct egd_daemon *d)
 int egd_daemon_run(const struct egd_config_run *cfg)
 {
 	struct egd_daemon *d = calloc(1, sizeof(*d));
+	const char *step;
 	int err, rc = 1;
 
-	if (!d)
+	if (!d) {
+		egd_err("not starting: %s", strerror(ENOMEM));
 		return 1;
+	}
 	d->cfg = *cfg;
 	d->bpf.phase_fd = d->bpf.config_fd = d->bpf.exempt_fd = d->bpf.resolver_fd = -1;
 	d->bpf.counters_fd = d->bpf.orig_fd = d->bpf.sockhash_fd = -1;
@@ -630,36 +633,62 @@ int egd_daemon_run(const struct egd_config_run *cfg)
 	d->capture = EGD_CAPTURE_BPF;
 	raise_fd_limit();
 
+	/*
+	 * Each step's failure is logged once here, with the step, so that the
+	 * daemon never exits 1 without a word; some steps have already said
+	 * more about it (which address, which file), this line ends the story.
+	 */
+	step = "event loop";
 	d->loop = egd_loop_new();
-	if (!d->loop)
-		goto out;
-	if (setup_signals(d))
-		goto out;
-	if (setup_capture(d))
-		goto out;
-	if (start_workers(d))
-		goto out;
+	err = d->loop ? 0 : -errno;
+	if (err)
+		goto fail;
+	step = "signal handling";
+	err = setup_signals(d);
+	if (err)
+		goto fail;
+	step = "capture";
+	err = setup_capture(d);
+	if (err)
+		goto fail;
+	step = "workers";
+	err = start_workers(d);
+	if (err)
+		goto fail;
 	if (cfg->admin.family) {
+		step = "admin endpoint";
 		d->admin.fd = listen_on(&cfg->admin, "admin", 0, 0);
-		if (d->admin.fd < 0 || egd_admin_start(d))
-			goto out;
+		err = d->admin.fd < 0 ? d->admin.fd : egd_admin_start(d);
+		if (err)
+			goto fail;
 	}
+	step = "phase";
 	err = egd_phase_start(d);
-	if (err) {
-		egd_err("phase: %s", strerror(-err));
-		goto out;
+	if (err)
+		goto fail;
+	if (d->capture == EGD_CAPTURE_NFT) {
+		step = "nft ruleset watch";
+		err = nft_watch(d);
+		if (err)
+			goto fail;
 	}
-	if (d->capture == EGD_CAPTURE_NFT && nft_watch(d))
-		goto out;
-	if (start_dns(d))
-		goto out;
+	step = "policy DNS";
+	err = start_dns(d);
+	if (err)
+		goto fail;
 	/* One proxy per worker over one budget ledger. It starts once capture
 	 * is in place: a daemon that cannot enforce exits before it writes a
 	 * CA. */
-	if (!cfg->intercept_upstream.family && start_intercept(d))
-		goto out;
-	if (run_worker_threads(d))
-		goto out;
+	if (!cfg->intercept_upstream.family) {
+		step = "policy proxy";
+		err = start_intercept(d);
+		if (err)
+			goto fail;
+	}
+	step = "worker threads";
+	err = run_worker_threads(d);
+	if (err)
+		goto fail;
 	d->listening = 1;
 	egd_info("ready: mode %s, pin %s, phase %s, %u worker%s", egd_capture_name(d),
 		 cfg->pin_dir,
@@ -667,7 +696,10 @@ int egd_daemon_run(const struct egd_config_run *cfg)
 	notify_ready();
 
 	rc = egd_loop_run(d->loop) ? 1 : 0;
+	goto out;
 
+fail:
+	egd_err("not starting: %s: %s", step, strerror(err < 0 ? -err : EINVAL));
 out:
 	if (d->n_workers) {
 		stop_workers(d);
