@@ -348,8 +348,14 @@ static void on_nft_monitor(struct egd_watch *w, uint32_t events)
  * notifications where the kernel gives them. */
 static int nft_watch(struct egd_daemon *d)
 {
+	int err;
+
 	d->nft_check.cb = on_nft_check;
-	egd_timer_arm(d->loop, &d->nft_check, egd_now_ms() + NFT_CHECK_MS);
+	/* Re-armed from its own callback, which never allocates: only this
+	 * first arming can fail, and without it tampering went unnoticed. */
+	err = egd_timer_arm(d->loop, &d->nft_check, egd_now_ms() + NFT_CHECK_MS);
+	if (err)
+		return err;
 	d->nft_monitor.fd = egd_nft_monitor_open();
 	d->nft_monitor.cb = on_nft_monitor;
 	if (d->nft_monitor.fd < 0) {

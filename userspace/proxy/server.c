@@ -436,11 +436,13 @@ static void conn_timeout(struct egd_timer *t)
 	conn_close(container_of(t, struct pconn, timer));
 }
 
-static void conn_arm_idle(struct pconn *c)
+/* 0, or -ENOMEM when the loop's timer heap cannot grow: the caller closes
+ * the connection rather than keep one that no deadline would ever end. */
+static int conn_arm_idle(struct pconn *c)
 {
-	egd_timer_arm(c->p->loop, &c->timer,
-		      egd_now_ms() + (c->handshaking ? EGD_PROXY_HANDSHAKE_TIMEOUT_MS
-						      : EGD_PROXY_IDLE_TIMEOUT_MS));
+	return egd_timer_arm(c->p->loop, &c->timer,
+			     egd_now_ms() + (c->handshaking ? EGD_PROXY_HANDSHAKE_TIMEOUT_MS :
+							      EGD_PROXY_IDLE_TIMEOUT_MS));
 }
 
 static struct pconn *conn_new(struct egd_proxy *p, int fd, const uint8_t *prefix,
@@ -482,12 +484,16 @@ static int conn_register(struct pconn *c)
 	err = egd_loop_add(p->loop, &c->watch, EPOLLIN);
 	if (err)
 		return err;
+	err = conn_arm_idle(c);
+	if (err) {
+		egd_loop_del(p->loop, &c->watch);
+		return err;
+	}
 	c->next = p->conns;
 	if (p->conns)
 		p->conns->prev = c;
 	p->conns = c;
 	EGD_COUNTER_INC(p->nconns);
-	conn_arm_idle(c);
 	return 0;
 }
 
@@ -571,7 +577,10 @@ static void request_done(struct pconn *c)
 	conn_flush(c);
 	if (c->dead)
 		return;
-	conn_arm_idle(c);
+	if (conn_arm_idle(c)) {
+		conn_close(c);
+		return;
+	}
 	/* A local answer comes from inside conn_process(), whose loop picks
 	 * up the next request; recursing would grow the stack with each
 	 * pipelined request. */
@@ -1003,7 +1012,8 @@ static void conn_handshake(struct pconn *c)
 		if (e == 1) {
 			c->handshaking = 0;
 			c->ssl_want_write = 0;
-			conn_arm_idle(c);
+			if (conn_arm_idle(c))
+				conn_close(c);
 			return;
 		}
 		e = SSL_get_error(c->ssl, e);
@@ -1064,8 +1074,10 @@ static void conn_read_all(struct pconn *c)
 			conn_close(c);
 			return;
 		}
-		if (!c->busy)
-			conn_arm_idle(c);
+		if (!c->busy && conn_arm_idle(c)) {
+			conn_close(c);
+			return;
+		}
 		if (conn_drained(c, (size_t)n, sizeof(buf)))
 			break;
 	}

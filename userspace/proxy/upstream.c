@@ -370,11 +370,13 @@ static void req_free(struct egd_upstream_req *r)
 	free(r);
 }
 
-static void req_arm(struct egd_upstream_req *r)
+/* (Re)arm @r's deadline. Only the first arming can fail (-ENOMEM, the loop's
+ * timer heap could not grow): re-arming an armed timer never allocates. */
+static int req_arm(struct egd_upstream_req *r)
 {
 	unsigned long long ms = (unsigned long long)r->u->cfg->upstream_timeout_s * 1000ULL;
 
-	egd_timer_arm(r->u->loop, &r->timer, egd_now_ms() + (ms ? ms : 1));
+	return egd_timer_arm(r->u->loop, &r->timer, egd_now_ms() + (ms ? ms : 1));
 }
 
 /* Report @err once and forget the request; the connection is not reusable. */
@@ -450,14 +452,15 @@ static void req_complete(struct egd_upstream_req *r, int reusable)
 	 * start the next answer on this connection: not reusable. */
 	if (reusable && c->ssl && SSL_has_pending(c->ssl))
 		reusable = 0;
-	if (reusable && u->nidle < EGD_UPSTREAM_POOL_MAX_IDLE) {
+	/* Pooled only with its idle deadline, else it could idle for ever. */
+	if (reusable && u->nidle < EGD_UPSTREAM_POOL_MAX_IDLE &&
+	    !egd_timer_arm(u->loop, &c->idle_timer, egd_now_ms() + EGD_UPSTREAM_IDLE_MS)) {
 		c->state = C_IDLE;
 		c->reused = 1;
 		c->idle_next = u->idle;
 		u->idle = c;
 		u->nidle++;
 		conn_set_events(c, EPOLLIN);
-		egd_timer_arm(u->loop, &c->idle_timer, egd_now_ms() + EGD_UPSTREAM_IDLE_MS);
 	} else {
 		conn_close(c);
 	}
@@ -821,14 +824,17 @@ struct egd_upstream_req *egd_upstream_send(struct egd_upstream *u, const char *m
 	if (!strcmp(method, "HEAD"))
 		egd_http_parser_expect_no_body(r->parser);
 	r->idempotent = !strcmp(method, "GET") || !strcmp(method, "HEAD");
+	/* The deadline first: a request the loop could not time out is
+	 * refused here, and every later arming of it is a re-arm. */
+	err = req_arm(r);
+	if (err)
+		goto err_free;
 	err = req_attach(r);
 	if (err) {
 		/* Unreachable before trying is still reported from the loop. */
 		r->pending_err = err == -ENOMEM ? -ENOMEM : -ECONNREFUSED;
 		egd_timer_arm(u->loop, &r->timer, egd_now_ms());
-		return r;
 	}
-	req_arm(r);
 	return r;
 
 err_free:
