@@ -21,7 +21,6 @@
 #define AF_PACKET 17
 #define IPPROTO_TCP 6
 #define IPPROTO_UDP 17
-#define DNS_PORT 53
 #define LOOPBACK4 0x7f000001 /* 127.0.0.1, host order */
 
 char LICENSE[] SEC("license") = "GPL";
@@ -148,7 +147,7 @@ static __always_inline int resolver_allowed(struct egd_addr *dst)
 {
 	struct egd_addr key = *dst;
 
-	if (bpf_ntohs(dst->port) != DNS_PORT)
+	if (bpf_ntohs(dst->port) != EGD_DNS_PORT)
 		return 0;
 	key.port = 0;
 	return bpf_map_lookup_elem(&resolver_map, &key) != NULL;

@@ -17,6 +17,9 @@
 /* Where the kernel side sends captured flows unless told otherwise. */
 #define EGD_DEFAULT_LISTEN_PORT 15443
 #define EGD_DEFAULT_DNS_PORT 15053
+/* The port DNS is asked on (RFC 1035): what the kernel side keeps to the
+ * resolvers in the agent phase and the nftables ruleset matches. */
+#define EGD_DNS_PORT 53
 
 /* Map sizes. Each entry lives from connect() until the daemon accepts. */
 #define EGD_ORIG_MAX_ENTRIES 65536

@@ -79,9 +79,10 @@ if [ "${SKIP_E2E:-0}" != 1 ]; then
 	EGD_E2E_MODE=nft bats --formatter tap --timing tests/e2e/capture.bats tests/e2e/tunnel.bats \
 		tests/e2e/dns.bats
 	if [ "${SKIP_TSAN:-0}" != 1 ]; then
-		# The proxy runs on every worker over one shared ledger: its
-		# suites once more with a ThreadSanitizer daemon, which must
-		# report nothing.
+		# The proxy's workers share one ledger, and the other workers
+		# hand connections to them (proxy.bats runs a proxy on every
+		# worker too): its suites once more with a ThreadSanitizer
+		# daemon, which must report nothing.
 		echo "--- policy proxy under ThreadSanitizer"
 		cmake -S . -B build-tsan -DCMAKE_BUILD_TYPE=Debug -DEGD_TSAN=ON >/dev/null
 		make -C build-tsan -j"$JOBS" --no-print-directory egressd test_proxy_budget

@@ -127,8 +127,6 @@
 /* The root of cgroup v2 has id 1; matching it would exempt every socket. */
 #define CGROUP2_ROOT_ID 1
 
-#define DNS_PORT 53
-
 /* ICMPv6 router solicitation .. neighbour advertisement (RFC 4861), sent
  * with hop limit 255 and never routed off the link. */
 #define ICMPV6_NDP_FIRST 133
@@ -757,10 +755,10 @@ static void build_nat(struct model *m, const struct egd_nft_config *cfg)
 	/* DNS first, whatever the address, so that a loopback resolver
 	 * (Docker's 127.0.0.11, systemd's 127.0.0.53) is captured too. */
 	r = rule_new(m, CHAIN_NAT);
-	match_dport(m, r, IPPROTO_UDP, DNS_PORT);
+	match_dport(m, r, IPPROTO_UDP, EGD_DNS_PORT);
 	redirect(m, r, cfg->dns_port);
 	r = rule_new(m, CHAIN_NAT);
-	match_dport(m, r, IPPROTO_TCP, DNS_PORT);
+	match_dport(m, r, IPPROTO_TCP, EGD_DNS_PORT);
 	redirect(m, r, cfg->dns_port);
 
 	r = rule_new(m, CHAIN_NAT);
@@ -855,7 +853,7 @@ static void build_filter(struct model *m, const struct egd_nft_config *cfg)
 	 * table) is a tunnel: refused in both phases. */
 	for (i = 0; i < sizeof(protos); i++) {
 		r = rule_new(m, CHAIN_FILTER);
-		match_dport(m, r, protos[i], DNS_PORT);
+		match_dport(m, r, protos[i], EGD_DNS_PORT);
 		verdict(m, r, NFT_JUMP, CHAIN_REFUSE);
 	}
 

@@ -682,9 +682,9 @@ int egd_daemon_run(const struct egd_config_run *cfg)
 	err = start_dns(d);
 	if (err)
 		goto fail;
-	/* One proxy per worker over one budget ledger. It starts once capture
-	 * is in place: a daemon that cannot enforce exits before it writes a
-	 * CA. */
+	/* The policy proxy (on EGRESSD_PROXY_WORKERS workers, one by default,
+	 * over one budget ledger). It starts once capture is in place: a
+	 * daemon that cannot enforce exits before it writes a CA. */
 	if (!cfg->intercept_upstream.family) {
 		step = "policy proxy";
 		err = start_intercept(d);

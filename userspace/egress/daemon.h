@@ -102,8 +102,9 @@ struct egd_daemon {
 	time_t ignored_ctime;
 	uint64_t phase_changes;
 
-	/* The embedded policy proxy, one per worker; NULL when intercepted flows
-	 * go to EGRESSD_INTERCEPT_UPSTREAM instead. */
+	/* The embedded policy proxy (on the first EGRESSD_PROXY_WORKERS
+	 * workers, one by default); NULL when intercepted flows go to
+	 * EGRESSD_INTERCEPT_UPSTREAM instead. */
 	struct egd_intercept *intercept;
 	/* The policy DNS, on worker 0's loop, and the addresses it gave for
 	 * intercept hosts (read by every worker's decisions). */
@@ -128,12 +129,12 @@ void egd_engine_idle_scan(struct egd_worker *wk);
 void egd_engine_close_all(struct egd_worker *wk);
 void egd_engine_free_pipes(struct egd_worker *wk);
 
-/* phase.c: the sentinel watcher. */
-/* Put @p into the capture datapath: the BPF phase map, or the nftables
- * phase element (installing the ruleset the first time). */
+/* daemon.c: the capture datapath. Put @p into it: the BPF phase map, or
+ * the nftables phase element (installing the ruleset the first time). */
 int egd_capture_set_phase(struct egd_daemon *d, enum egd_phase p);
 const char *egd_capture_name(const struct egd_daemon *d);
 
+/* phase.c: the sentinel watcher. */
 int egd_phase_start(struct egd_daemon *d);
 
 /*
@@ -149,7 +150,7 @@ int egd_sentinel_dir_check(const char *dir, uid_t uid, char *why, size_t len);
 /* Set the phase everywhere it lives (BPF map, daemon) and act on it. */
 void egd_phase_set(struct egd_daemon *d, enum egd_phase p, const char *why);
 
-/* admin.c */
+/* admin.c: the admin endpoint, and the readiness it reports. */
 int egd_admin_start(struct egd_daemon *d);
 int egd_daemon_ready(const struct egd_daemon *d);
 

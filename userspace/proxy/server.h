@@ -45,7 +45,7 @@ struct egd_proxy;
 struct egd_proxy_shared;
 
 /*
- * What the proxies of every worker share: the configuration @cfg (must
+ * What the proxies of the proxy workers share: the configuration @cfg (must
  * outlive it), the one budget ledger (PROXY_DATA_DIR, proxy_usage.json read
  * back) and the workspace answer. NULL + errno, with a reason in @err.
  */
@@ -55,8 +55,9 @@ struct egd_proxy_shared *egd_proxy_shared_new(const struct egd_proxy_config *cfg
 void egd_proxy_shared_destroy(struct egd_proxy_shared *sh);
 
 /*
- * A proxy on @loop (one per worker thread; each proxy is touched by its
- * loop's thread only) over @sh, with @ca for TLS (NULL: serve_tls is
+ * A proxy on @loop (at most one per worker thread, on the first
+ * EGRESSD_PROXY_WORKERS of them; each proxy is touched by its loop's thread
+ * only) over @sh, with @ca for TLS (NULL: serve_tls is
  * refused). The first proxy of @sh starts the workspace check. NULL +
  * errno, with a reason in @err.
  */
