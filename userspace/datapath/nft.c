@@ -1026,6 +1026,7 @@ static void interval_elems(struct model *m, struct nftnl_set *s, int family,
 	}
 	if (nr)
 		nr = i + 1;
+	// cppcheck-suppress uninitvar ; r[0] is read only when nr > 0, i.e. filled
 	if (nr && memcmp(r[0].start, zero, len))
 		interval_elem(m, s, zero, len, true);
 	for (i = 0; i < nr; i++) {
