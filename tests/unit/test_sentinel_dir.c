@@ -36,9 +36,13 @@ static int setup(void **state)
 {
 	struct dirs *d = calloc(1, sizeof(*d));
 
-	snprintf(d->base, sizeof(d->base), "/tmp/egd-sentinel-XXXXXX");
-	if (!mkdtemp(d->base))
+	if (!d)
 		return -1;
+	snprintf(d->base, sizeof(d->base), "/tmp/egd-sentinel-XXXXXX");
+	if (!mkdtemp(d->base)) {
+		free(d);
+		return -1;
+	}
 	*state = d;
 	return 0;
 }
