@@ -966,10 +966,12 @@ static void cidr_range(const struct egd_nft_cidr *c, size_t len, struct range *r
 		r->start[i] = c->addr[i] & mask;
 		r->end[i] = r->start[i] | (uint8_t)~mask;
 	}
-	/* end = last address + 1 */
-	for (i = len; i-- > 0 && carry;) {
-		carry = r->end[i] == 0xff;
-		r->end[i]++;
+	/* end = last address + 1. Counted down from len to 1 rather than with
+	 * i-- in the condition: gcc's -Wstringop-overflow in optimised ASan
+	 * builds takes the latter for a write at end[-1]. */
+	for (i = len; i > 0 && carry; i--) {
+		carry = r->end[i - 1] == 0xff;
+		r->end[i - 1]++;
 	}
 	r->top = carry;
 }
