@@ -57,6 +57,7 @@ static void put32(uint8_t *p, uint32_t v)
  */
 static int read_name(const uint8_t *msg, size_t len, size_t *off, uint8_t *wire)
 {
+	// cppcheck-suppress duplicateAssignExpression ; both start where the name does
 	size_t pos = *off, limit = *off, n = 0, end = 0;
 	int ptrs = 0, jumped = 0;
 
@@ -313,7 +314,7 @@ int egd_dns_build_answer(const struct egd_dns_query *q, int rcode, const struct 
 		if (rr[i].type != q->qtype)
 			continue;
 		/* Owner is a pointer to the question's name (offset 12). */
-		ans += 2 + RR_FIXED_BYTES + (rr[i].type == EGD_DNS_T_A ? 4 : 16);
+		ans += 2u + RR_FIXED_BYTES + (rr[i].type == EGD_DNS_T_A ? 4u : 16u);
 		count++;
 	}
 	if (need + opt > limit)
