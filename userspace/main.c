@@ -67,7 +67,7 @@ static int resolvers_from_env(const char *spec, struct egd_addr *out, int max)
 {
 	int n;
 
-	if (spec) {
+	if (spec && *spec) { /* empty reads as unset, as in egressd run */
 		n = egd_parse_ip_list(spec, out, max);
 		if (n < 0)
 			egd_err("bad EGRESSD_RESOLVERS \"%s\": expected IP addresses, comma "

@@ -18,6 +18,10 @@ load docker
 REPO=$(cd "$BATS_TEST_DIRNAME/../.." && pwd)
 FIX=$REPO/tests/e2e/fixtures
 SRV4=198.51.100.1
+# openrouter.ai's address in the test's DNS: not $SRV4, which egressd would
+# then take for the intercept host's (every connection to an address the
+# intercept host resolved to goes to the policy proxy). Nothing listens there.
+OR_ADDR=198.51.100.77
 # docker-compose with the deployment's file and the test's agent override.
 COMPOSE_FILES=(-f "$REPO/deploy/compose/compose.yaml" -f "$FIX/compose.e2e.yaml")
 # How long egressd may take to turn healthy after a start or restart (its
@@ -63,7 +67,9 @@ token() { printf 'egd%s%04d' "$(date +%s%N | tail -c 9)" "$((RANDOM % 10000))"; 
 # curl from the agent: HTTP status on stdout, curl's exit status kept.
 agent_curl() { in_agent curl -sS -m 5 -o /dev/null -w '%{http_code}' "$@"; }
 
-server_log_has() { grep -qF -- "$1" "$T/server.log" 2>/dev/null; }
+# The servers' log and the DNS server's (one JSON line per query, qname in it).
+server_log_has() { grep -qF -- "$1" "$T/server.log" "$T/dns.log" 2>/dev/null; }
+dns_log_has() { grep -qF -- "\"qname\": \"$1\"" "$T/dns.log" 2>/dev/null; }
 # A function, not `! server_log_has`: bash's set -e ignores a negated
 # command, so a bare `!` line could never fail a test.
 server_log_lacks() { ! server_log_has "$1"; }
@@ -84,16 +90,27 @@ compose_up() {
 	host_snapshot >"$T/host.before"
 	egd_docker_net || return 1
 	echo "# $(date +%T) network namespaces up" >&3
-	# The servers: TLS, HTTP, and UDP on 53 (the engine's --dns, so every
-	# query the embedded resolver forwards lands in the log) and 5353.
+	# The servers: TLS, HTTP, UDP on 5353, and a DNS server on 53 (UDP and
+	# TCP; the engine's --dns and egressd's EGRESSD_RESOLVERS, so every query
+	# the embedded resolver or egressd forwards lands in its log) that knows
+	# openrouter.ai.
 	openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes \
 		-keyout "$T/key.pem" -out "$T/cert.pem" -days 1 -subj /CN=example.com \
 		-addext "subjectAltName=DNS:example.com,DNS:openrouter.ai" 2>/dev/null || return 1
 	nsenter --net="/run/netns/$NS_S" python3 "$FIX/servers.py" --cert "$T/cert.pem" \
 		--key "$T/key.pem" --log "$T/server.log" --ready "$T/servers.ready" \
-		--tls $SRV4:443 --http $SRV4:80 --udp $SRV4:53 --udp $SRV4:5353 \
+		--tls $SRV4:443 --http $SRV4:80 --udp $SRV4:5353 \
 		>"$T/servers.out" 2>&1 3>&- &
 	echo $! >"$T/servers.pid"
+	nsenter --net="/run/netns/$NS_S" python3 "$FIX/dns_server.py" --listen $SRV4 \
+		--log "$T/dns.log" --ready "$T/dns.ready" --record "openrouter.ai:A:$OR_ADDR" \
+		>"$T/dns.out" 2>&1 3>&- &
+	echo $! >"$T/dns.pid"
+	# Docker 20.10 names only its embedded resolver in egressd's
+	# resolv.conf, so the deployment is given the upstream (README.md beside
+	# compose.yaml). Exported: every later `dc up` must see the same
+	# configuration, or Compose recreates egressd.
+	export EGRESSD_RESOLVERS=$SRV4
 	egd_docker_start || return 1
 	export DOCKERD_PID
 	echo "# $(date +%T) engine up" >&3
@@ -123,6 +140,7 @@ compose_up() {
 	}
 	echo "# $(date +%T) deployment up (egressd healthy, agent started)" >&3
 	wait_for 10 test -e "$T/servers.ready" || { cat "$T/servers.out" >&2; return 1; }
+	wait_for 10 test -e "$T/dns.ready" || { cat "$T/dns.out" >&2; return 1; }
 }
 
 setup_file() {
@@ -155,6 +173,7 @@ teardown_file() {
 		"$DOCKER" image prune -f >/dev/null 2>&1 || true
 	fi
 	[ ! -s "$T/servers.pid" ] || kill "$(cat "$T/servers.pid")" 2>/dev/null || true
+	[ ! -s "$T/dns.pid" ] || kill "$(cat "$T/dns.pid")" 2>/dev/null || true
 	egd_docker_stop
 }
 
@@ -315,10 +334,10 @@ s.recv(100)"
 	server_log_lacks "$tok"
 }
 
-# dns_rcode NAME: ask the agent's resolver (127.0.0.11; the ruleset sends
-# every DNS packet of the agent to egressd's policy DNS) for NAME's A record,
-# from the agent; prints the answer's RCODE and answer count ("0 1"), or
-# fails when nothing answers.
+# dns_rcode NAME [SERVER]: ask SERVER (default the agent's resolver,
+# 127.0.0.11; the ruleset sends every DNS packet of the agent to egressd's
+# policy DNS) for NAME's A record, from the agent; prints the answer's RCODE
+# and answer count ("0 1"), or fails when nothing answers.
 dns_rcode() {
 	in_agent python3 -c "
 import socket, struct, sys
@@ -327,10 +346,10 @@ q += b''.join(bytes([len(l)]) + l.encode() for l in sys.argv[1].split('.')) + b'
 q += struct.pack('>HH', 1, 1)
 s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
 s.settimeout(3)
-s.sendto(q, ('127.0.0.11', 53))
+s.sendto(q, (sys.argv[2], 53))
 r = s.recv(4096)
 assert r[:2] == q[:2] and r[2] & 0x80, 'not an answer to this query'
-print(r[3] & 0x0f, struct.unpack('>H', r[6:8])[0])" "$1"
+print(r[3] & 0x0f, struct.unpack('>H', r[6:8])[0])" "$1" "${2:-127.0.0.11}"
 }
 
 @test "compose: the policy DNS refuses other names to the agent itself, and forwards none" {
@@ -341,31 +360,40 @@ print(r[3] & 0x0f, struct.unpack('>H', r[6:8])[0])" "$1"
 	[ "$status" -eq 0 ]
 	# REFUSED (5), no answer: egressd's, not a timeout for want of one.
 	[ "$output" = "5 0" ]
+	# Straight to the resolver egressd itself asks (EGRESSD_RESOLVERS): the
+	# daemon's own way out is not the agent's.
+	run dns_rcode "$tok-direct.exfil.test" $SRV4
+	echo "$output"
+	[ "$status" -eq 0 ]
+	[ "$output" = "5 0" ]
 	sleep 1
 	server_log_lacks "$tok"
 }
 
-# Switch on once the intercept host resolves for the agent under Compose:
-# set EGD_E2E_COMPOSE_DNS_FORWARD=1. Today it does not: the policy DNS
-# forwards to the resolver of egressd's resolv.conf, Docker's embedded one
-# (127.0.0.11), which sends its own upstream query from inside this namespace
-# and not as egressd, so the ruleset hands that query back to the policy DNS
-# and the agent's lookup times out.
+# Docker's embedded resolver (127.0.0.11) sends its upstream queries from
+# inside egressd's namespace, not as egressd, so the ruleset hands them back
+# to the policy DNS: a policy DNS forwarding to it could resolve nothing.
+# egressd asks EGRESSD_RESOLVERS itself instead (deploy/compose/README.md).
 @test "compose: the intercept host resolves for the agent through the policy DNS" {
-	[ "${EGD_E2E_COMPOSE_DNS_FORWARD:-0}" = 1 ] ||
-		skip "the policy DNS's forward through Docker's embedded resolver does not resolve yet"
+	[ "$(ruleset_phase)" = agent ]
 	run dns_rcode openrouter.ai
 	echo "$output"
 	[ "$status" -eq 0 ]
-	[[ $output == "0 "[1-9]* ]]
+	[ "$output" = "0 1" ]
+	# Asked of the upstream by egressd (the agent cannot reach it).
+	dns_log_has openrouter.ai
 	# And in the verification phase any name is forwarded upstream.
 	in_egressd touch /tmp/egress-unlocked
 	wait_for 5 phase_is verification
 	tok=$(token)
 	run dns_rcode "$tok.example.com"
+	echo "$output"
 	in_egressd rm -f /tmp/egress-unlocked
 	wait_for 5 phase_is agent
-	wait_for 5 server_log_has "$tok"
+	# The upstream's NXDOMAIN (3), relayed: not a timeout.
+	[ "$status" -eq 0 ]
+	[ "$output" = "3 0" ]
+	dns_log_has "$tok.example.com"
 }
 
 @test "compose: the sentinel opens the network and its removal closes it" {

@@ -206,6 +206,71 @@ static void test_resolv_conf_nameservers(void **state)
 	unlink(path);
 }
 
+/* Docker's "# ExtServers:" comment: plain entries are the ones Docker asks
+ * from the container's namespace; host() ones only counted; bad words
+ * skipped; no such line is -ENOENT, not 0. */
+static void test_docker_ext_servers(void **state)
+{
+	char path[] = "/tmp/egd-resolv-XXXXXX";
+	struct egd_addr r[4];
+	int fd = mkstemp(path), n_host = -1;
+	FILE *f;
+
+	(void)state;
+	assert_true(fd >= 0);
+	f = fdopen(fd, "w");
+	fputs("nameserver 127.0.0.11\noptions ndots:0\n\n"
+	      "# Based on host file: '/etc/resolv.conf' (internal resolver)\n"
+	      "# ExtServers: [host(127.0.0.53) 192.0.2.53 invalid IP 2001:db8::35]\n"
+	      "# Overrides: []\n",
+	      f);
+	fclose(f);
+	assert_int_equal(egd_resolvers_docker_ext(path, r, 4, &n_host), 2);
+	assert_int_equal(n_host, 1);
+	assert_int_equal(r[0].family, EGD_AF_INET);
+	assert_memory_equal(r[0].addr, "\xc0\x00\x02\x35", 4);
+	assert_int_equal(r[1].family, EGD_AF_INET6);
+	assert_false(egd_addr_is_loopback(&r[0]));
+	assert_false(egd_addr_is_loopback(&r[1]));
+	/* At most @max. */
+	assert_int_equal(egd_resolvers_docker_ext(path, r, 1, NULL), 1);
+
+	/* Docker 20.10: the loopback resolver and no comment. */
+	f = fopen(path, "w");
+	fputs("nameserver 127.0.0.11\noptions ndots:0\n", f);
+	fclose(f);
+	assert_int_equal(egd_resolvers_docker_ext(path, r, 4, NULL), -ENOENT);
+	assert_int_equal(egd_resolvers_from_file(path, r, 4), 1);
+	assert_true(egd_addr_is_loopback(&r[0]));
+
+	/* Only host() servers: none to ask from here. */
+	f = fopen(path, "w");
+	fputs("nameserver 127.0.0.11\n# ExtServers: [host(192.168.65.7)]\n", f);
+	fclose(f);
+	n_host = 0;
+	assert_int_equal(egd_resolvers_docker_ext(path, r, 4, &n_host), 0);
+	assert_int_equal(n_host, 1);
+	unlink(path);
+	assert_int_equal(egd_resolvers_docker_ext(path, r, 4, NULL), -ENOENT);
+}
+
+static void test_addr_is_loopback(void **state)
+{
+	struct egd_addr a[6];
+
+	(void)state;
+	assert_int_equal(egd_parse_ip_list("127.0.0.11,127.255.0.1,::1,::ffff:127.0.0.1,"
+					   "128.0.0.1,::2",
+					   a, 6),
+			 6);
+	assert_true(egd_addr_is_loopback(&a[0]));
+	assert_true(egd_addr_is_loopback(&a[1]));
+	assert_true(egd_addr_is_loopback(&a[2]));
+	assert_true(egd_addr_is_loopback(&a[3]));
+	assert_false(egd_addr_is_loopback(&a[4]));
+	assert_false(egd_addr_is_loopback(&a[5]));
+}
+
 /* ---- the policy proxy's settings --------------------------------------- */
 
 static int load_proxy(int argc, char **argv, struct egd_proxy_config *pc, char *err)
@@ -500,6 +565,8 @@ int main(void)
 		cmocka_unit_test(test_unknown_flag_is_refused),
 		cmocka_unit_test(test_hostport_forms),
 		cmocka_unit_test(test_resolv_conf_nameservers),
+		cmocka_unit_test(test_docker_ext_servers),
+		cmocka_unit_test(test_addr_is_loopback),
 		cmocka_unit_test(test_proxy_flag_wins_over_environment),
 		cmocka_unit_test(test_proxy_bad_flag_names_the_flag),
 		cmocka_unit_test(test_proxy_flag_typo_is_refused),

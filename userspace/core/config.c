@@ -261,6 +261,57 @@ int egd_resolvers_from_file(const char *path, struct egd_addr *out, int max)
 	return n;
 }
 
+/* Hand-written: Docker's comment is no resolv.conf syntax that c-ares or
+ * glibc read, and it is one bracketed list of words. */
+int egd_resolvers_docker_ext(const char *path, struct egd_addr *out, int max, int *n_host)
+{
+	static const char tag[] = "# ExtServers: [";
+	char line[512];
+	FILE *f = fopen(path, "re");
+	int n = -ENOENT, hosts = 0;
+
+	if (!f)
+		return -ENOENT;
+	while (fgets(line, sizeof(line), f)) {
+		char *p, *end, *save = NULL;
+
+		if (strncmp(line, tag, sizeof(tag) - 1))
+			continue;
+		p = line + sizeof(tag) - 1;
+		end = strchr(p, ']');
+		if (!end)
+			continue;
+		*end = '\0';
+		n = 0;
+		hosts = 0;
+		for (char *w = strtok_r(p, " \t", &save); w; w = strtok_r(NULL, " \t", &save)) {
+			if (!strncmp(w, "host(", 5)) {
+				hosts++;
+				continue;
+			}
+			w[strcspn(w, "%")] = '\0'; /* drop a v6 zone id */
+			/* "invalid IP" and the like are skipped, as Docker does. */
+			if (n < max && egd_parse_ip_list(w, &out[n], 1) == 1)
+				n++;
+		}
+	}
+	fclose(f);
+	if (n_host)
+		*n_host = hosts;
+	return n;
+}
+
+int egd_addr_is_loopback(const struct egd_addr *a)
+{
+	const uint8_t *b = (const uint8_t *)a->addr;
+	static const uint8_t v4mapped[12] = { [10] = 0xff, [11] = 0xff };
+	static const uint8_t one[16] = { [15] = 1 };
+
+	if (a->family == EGD_AF_INET)
+		return b[0] == 127;
+	return !memcmp(b, one, 16) || (!memcmp(b, v4mapped, 12) && b[12] == 127);
+}
+
 /* "http(s)://host[:port][/]": the proxy forwards to fixed API paths, so a
  * path prefix would be silently ignored; refuse it instead. The one parser
  * of UPSTREAM_BASE_URL, for the intercept host and the proxy alike. */

@@ -98,4 +98,19 @@ int egd_parse_ip_list(const char *s, struct egd_addr *out, int max);
 /* The nameservers of a resolv.conf-format file. Returns the count. */
 int egd_resolvers_from_file(const char *path, struct egd_addr *out, int max);
 
+/*
+ * The upstream servers Docker's embedded resolver forwards to, from the
+ * comment Docker Engine (25.0 on) writes into a container's resolv.conf:
+ * "# ExtServers: [192.0.2.53 host(127.0.0.53)]". Only the plain entries,
+ * which Docker asks from inside the container's network namespace, go to
+ * @out; a "host(ADDR)" entry is asked from the host's namespace, where the
+ * container cannot reach it, and is only counted in *@n_host (may be
+ * NULL). Returns the count of plain entries; -ENOENT when the file has no
+ * such line (an older engine, or no Docker at all).
+ */
+int egd_resolvers_docker_ext(const char *path, struct egd_addr *out, int max, int *n_host);
+
+/* Whether @a is a loopback address: 127.0.0.0/8, ::1 or ::ffff:127.0.0.0/104. */
+int egd_addr_is_loopback(const struct egd_addr *a);
+
 #endif

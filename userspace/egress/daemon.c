@@ -569,6 +569,83 @@ static int icaddr_to_nft(void *arg, const struct egd_ip *ip, uint64_t expires_ns
 	return egd_nft_icaddr_add(ip, left_s > UINT32_MAX ? UINT32_MAX : (uint32_t)left_s);
 }
 
+/* Text room for EGD_RESOLVERS_MAX_ENTRIES addresses, comma separated. */
+#define NFT_RESOLVERS_TEXT_BYTES (EGD_RESOLVERS_MAX_ENTRIES * (INET6_ADDRSTRLEN + 1))
+#define RESOLV_CONF "/etc/resolv.conf"
+
+static int any_loopback(const struct egd_addr *a, int n)
+{
+	for (int i = 0; i < n; i++)
+		if (egd_addr_is_loopback(&a[i]))
+			return 1;
+	return 0;
+}
+
+/*
+ * Where the policy DNS sends its own lookups in nft mode (@given:
+ * EGRESSD_RESOLVERS). The ruleset redirects every port-53 packet of this
+ * namespace that is not the daemon's to the policy DNS, so a resolver on
+ * loopback here (Docker's embedded 127.0.0.11 under Compose, a local stub)
+ * whose upstream queries leave from this namespace as another process sends
+ * them back to the policy DNS, and nothing resolves. Letting those queries
+ * out un-redirected would need telling them from the agent's by something
+ * the agent cannot forge: not the uid (dockerd is root, and an agent may be
+ * root), and the socket cgroup is not always matchable (this falls back to
+ * the uid on hybrid cgroup hosts). So the daemon asks the upstream itself,
+ * as itself, and the ruleset keeps no exception: EGRESSD_RESOLVERS when
+ * given; else, when resolv.conf names loopback and Docker (25.0 on) lists
+ * the servers it asks from this namespace ("# ExtServers:"), those; else
+ * resolv.conf, with a warning when it is on loopback (Docker 20.10 writes no
+ * such comment: set EGRESSD_RESOLVERS, as deploy/compose does). Returns the
+ * list for the policy DNS, in @buf, or @given, or NULL for resolv.conf.
+ */
+static const char *nft_dns_resolvers(const char *given, char *buf, size_t len)
+{
+	struct egd_addr a[EGD_RESOLVERS_MAX_ENTRIES];
+	int n, n_host = 0;
+	size_t off = 0;
+
+	if (given) {
+		n = egd_parse_ip_list(given, a, EGD_RESOLVERS_MAX_ENTRIES);
+		if (n > 0 && any_loopback(a, n))
+			egd_warn("dns: EGRESSD_RESOLVERS \"%s\" is on loopback in the namespace "
+				 "nft mode captures: unless that resolver asks its upstream from "
+				 "another namespace, its queries come back to the policy DNS and "
+				 "names do not resolve",
+				 given);
+		return given;
+	}
+	n = egd_resolvers_from_file(RESOLV_CONF, a, EGD_RESOLVERS_MAX_ENTRIES);
+	if (!any_loopback(a, n))
+		return NULL;
+	n = egd_resolvers_docker_ext(RESOLV_CONF, a, EGD_RESOLVERS_MAX_ENTRIES, &n_host);
+	if (n > 0) {
+		for (int i = 0; i < n; i++) {
+			char t[INET6_ADDRSTRLEN];
+			int fam = a[i].family == EGD_AF_INET ? AF_INET : AF_INET6;
+
+			if (!inet_ntop(fam, a[i].addr, t, sizeof(t)))
+				return NULL;
+			off += (size_t)snprintf(buf + off, len - off, "%s%s", i ? "," : "", t);
+			if (off >= len)
+				return NULL;
+		}
+		egd_info("dns: resolv.conf names a loopback resolver; asking Docker's upstream "
+			 "servers (ExtServers) directly: %s",
+			 buf);
+		return buf;
+	}
+	/* Docker's "host(ADDR)" servers are asked from the host's namespace:
+	 * that forward does not come back here. */
+	if (n == 0 && n_host > 0)
+		return NULL;
+	egd_warn("dns: %s names a loopback resolver and EGRESSD_RESOLVERS is unset: in nft "
+		 "mode its upstream queries come back to the policy DNS and names do not "
+		 "resolve; set EGRESSD_RESOLVERS to the upstream resolvers' addresses",
+		 RESOLV_CONF);
+	return NULL;
+}
+
 /*
  * The policy DNS on worker 0's loop, in every capture mode: the kernel side
  * sends the agent's port-53 traffic to it. In BPF mode the kernel learns
@@ -583,7 +660,15 @@ static int start_dns(struct egd_daemon *d)
 		.phase = &d->phase,
 		.resolvers = egd_config_get("EGRESSD_RESOLVERS"),
 	};
+	char resolvers[NFT_RESOLVERS_TEXT_BYTES];
 	struct egd_config c;
+
+	/* Empty reads as unset, as Compose's ${EGRESSD_RESOLVERS:-} gives it
+	 * (an empty --resolvers is refused by egd_config_load()). */
+	if (dc.resolvers && !*dc.resolvers)
+		dc.resolvers = NULL;
+	if (d->capture == EGD_CAPTURE_NFT)
+		dc.resolvers = nft_dns_resolvers(dc.resolvers, resolvers, sizeof(resolvers));
 
 	d->icaddr = egd_icaddr_new();
 	if (!d->icaddr)
