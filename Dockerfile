@@ -54,7 +54,7 @@ RUN set -eu; \
 		     "--build-arg VMLINUX_BTF=vmlinux.btf" >&2; \
 		exit 1; \
 	fi; \
-	cmake -S . -B /build -DCMAKE_BUILD_TYPE=Release -DVMLINUX_BTF="$btf" \
+	cmake -S . -B /build -DCMAKE_BUILD_TYPE=Release -DEGD_TEST_SWITCHES=OFF -DVMLINUX_BTF="$btf" \
 	&& make -C /build -j"$(nproc)" egressd \
 	&& install -D -m 0755 /build/egressd /out/usr/local/bin/egressd
 

@@ -2,9 +2,14 @@
 /*
  * The kernel side of egressd. Attached to the sandbox's cgroup, these
  * programs make every TCP connection of the agent land on the daemon's
- * loopback listener, remember where it was really going, keep UDP to the
- * configured resolvers in the agent phase, and refuse raw and packet sockets.
- * The daemon's own cgroup is exempt by id; nothing here trusts a uid or mark.
+ * loopback listener and remember where it was really going; send all DNS
+ * (port 53, UDP and TCP, any address) to the daemon's policy DNS and give
+ * the replies the address the agent asked; refuse the always-deny
+ * destinations, loopback ports that are not the daemon's, UDP in the agent
+ * phase, sockets other than TCP and UDP, and routing options; and, under all
+ * of it, drop in the agent phase any packet bound for a non-loopback
+ * address. The daemon's own cgroup is exempt by id; nothing here trusts a
+ * uid or mark.
  */
 #include "vmlinux.h"
 #include <bpf/bpf_helpers.h>
@@ -21,6 +26,20 @@
 #define AF_PACKET 17
 #define IPPROTO_TCP 6
 #define IPPROTO_UDP 17
+#define PAGE_SIZE 4096
+/* Socket options, as <linux/in.h> and <linux/in6.h> number them. */
+#define SOL_IP 0
+#define SOL_IPV6 41
+#define IP_OPTIONS 4
+#define IP_RETOPTS 7
+#define IPV6_2292HOPOPTS 3
+#define IPV6_2292DSTOPTS 4
+#define IPV6_2292RTHDR 5
+#define IPV6_2292PKTOPTIONS 6
+#define IPV6_HOPOPTS 54
+#define IPV6_RTHDRDSTOPTS 55
+#define IPV6_RTHDR 57
+#define IPV6_DSTOPTS 59
 #define LOOPBACK4 0x7f000001 /* 127.0.0.1, host order */
 
 char LICENSE[] SEC("license") = "GPL";
@@ -49,13 +68,31 @@ struct {
 	__type(value, __u8);
 } exempt_map SEC(".maps");
 
-/* Resolver addresses (port 0) the agent may send DNS to in the agent phase. */
+/* Always-deny destinations (EGRESSD_DENY_CIDRS): v4 kept v4-mapped. */
+struct {
+	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__uint(max_entries, EGD_DENY_MAX_ENTRIES);
+	__type(key, struct egd_lpm_key);
+	__type(value, __u8);
+} deny_map SEC(".maps");
+
+/* Loopback ports (host order) the agent may reach in the agent phase besides
+ * the capture and DNS ports of config_map. */
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(max_entries, EGD_RESOLVERS_MAX_ENTRIES);
-	__type(key, struct egd_addr);
+	__uint(max_entries, EGD_LOOPBACK_PORTS_MAX_ENTRIES);
+	__type(key, __u16);
 	__type(value, __u8);
-} resolver_map SEC(".maps");
+} loopback_ports SEC(".maps");
+
+/* Addresses the policy DNS answered for intercept hosts (see egressd.h). */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, EGD_ICADDR_MAX_ENTRIES);
+	__type(key, struct egd_ip);
+	__type(value, struct egd_icaddr);
+} icaddr_map SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
@@ -143,37 +180,109 @@ static __always_inline int loopback6(const __u32 *a)
 	return a[0] == 0 && a[1] == 0 && a[2] == 0 && (a[3] == 0 || a[3] == bpf_htonl(1));
 }
 
-static __always_inline int resolver_allowed(struct egd_addr *dst)
+static __always_inline __be16 dns_port(void)
 {
-	struct egd_addr key = *dst;
+	__u32 zero = 0;
+	struct egd_config *c = bpf_map_lookup_elem(&config_map, &zero);
 
-	if (bpf_ntohs(dst->port) != EGD_DNS_PORT)
-		return 0;
-	key.port = 0;
-	return bpf_map_lookup_elem(&resolver_map, &key) != NULL;
+	/* Fail closed: without a configured port DNS still goes to the
+	 * default one, where nothing answers if no daemon listens. */
+	return c && c->dns_port ? c->dns_port : bpf_htons(EGD_DEFAULT_DNS_PORT);
 }
 
-/* UDP policy shared by sendmsg and connect: the agent phase reaches only
- * loopback and the resolvers' port 53. */
-static __always_inline int udp_verdict(struct egd_addr *dst, int is_loopback)
+/* Destination as the policy sees it: v4 in addr[0] (a v4-mapped v6 address
+ * included), v6 in addr[0..3]. */
+static __always_inline int dst_loopback(const struct egd_addr *d)
 {
-	if (current_phase() == EGD_PHASE_VERIFICATION) {
+	return d->family == EGD_AF_INET ? loopback4(d->addr[0]) : loopback6(d->addr);
+}
+
+static __always_inline int denied_cidr(const struct egd_addr *d)
+{
+	struct egd_lpm_key k = { .prefixlen = 128 };
+
+	if (d->family == EGD_AF_INET) {
+		k.addr[2] = bpf_htonl(0x0000ffff);
+		k.addr[3] = d->addr[0];
+	} else {
+		__builtin_memcpy(k.addr, d->addr, sizeof(k.addr));
+	}
+	return bpf_map_lookup_elem(&deny_map, &k) != NULL;
+}
+
+/* In the agent phase loopback is the daemon's listeners and the ports the
+ * operator named, not whatever else listens on the host. */
+static __always_inline int loopback_port_ok(__be16 port)
+{
+	__u16 p = bpf_ntohs(port);
+
+	if (port == listen_port() || port == dns_port())
+		return 1;
+	return bpf_map_lookup_elem(&loopback_ports, &p) != NULL;
+}
+
+/* An unexpired address the policy DNS gave for an intercept host. */
+static __always_inline int intercept_addr(const struct egd_addr *d)
+{
+	struct egd_ip ip = { .family = d->family };
+	struct egd_icaddr *v;
+
+	__builtin_memcpy(ip.addr, d->addr, sizeof(ip.addr));
+	v = bpf_map_lookup_elem(&icaddr_map, &ip);
+	return v && v->expires_ns > bpf_ktime_get_ns();
+}
+
+enum { TO_SELF = 0, TO_CAPTURE, TO_DNS };
+
+/*
+ * The one policy of connect (TCP and UDP) and sendmsg (UDP), in order:
+ * port 53 goes to the policy DNS whatever the address (even an always-deny
+ * one: a node-local cache at 169.254.20.10 is common, and redirected DNS
+ * never reaches the address anyway); the always-deny set is refused in both
+ * phases; loopback is limited to the daemon's ports in the agent phase; TCP
+ * elsewhere goes to the capture listener; UDP elsewhere is refused in the
+ * agent phase, and to intercept addresses (QUIC) in both. *to says where to
+ * rewrite the destination.
+ */
+static __always_inline int judge(const struct egd_addr *dst, int tcp, int *to)
+{
+	__u32 phase = current_phase();
+
+	*to = TO_SELF;
+	if (dst->port == bpf_htons(EGD_DNS_PORT)) {
+		*to = TO_DNS;
+		count(EGD_CNT_DNS_REDIRECTED);
+		return ALLOW;
+	}
+	if (denied_cidr(dst)) {
+		count(EGD_CNT_DENY_CIDR);
+		return REFUSE;
+	}
+	if (dst_loopback(dst)) {
+		if (phase == EGD_PHASE_AGENT && !loopback_port_ok(dst->port)) {
+			count(EGD_CNT_LOOPBACK_DENIED);
+			return REFUSE;
+		}
+		count(tcp ? EGD_CNT_TCP_LOOPBACK : EGD_CNT_UDP_ALLOWED_LOOPBACK);
+		return ALLOW;
+	}
+	if (tcp) {
+		*to = TO_CAPTURE;
+		return ALLOW;
+	}
+	if (intercept_addr(dst)) {
+		count(EGD_CNT_UDP_INTERCEPT_DENIED);
+		return REFUSE;
+	}
+	if (phase == EGD_PHASE_VERIFICATION) {
 		count(EGD_CNT_UDP_ALLOWED_VERIFICATION);
-		return ALLOW;
-	}
-	if (is_loopback) {
-		count(EGD_CNT_UDP_ALLOWED_LOOPBACK);
-		return ALLOW;
-	}
-	if (resolver_allowed(dst)) {
-		count(EGD_CNT_UDP_ALLOWED_DNS);
 		return ALLOW;
 	}
 	count(EGD_CNT_UDP_DENIED);
 	return REFUSE;
 }
 
-static __always_inline int record(struct bpf_sock_addr *ctx, struct egd_addr *dst)
+static __always_inline int record(struct bpf_sock_addr *ctx, const struct egd_addr *dst)
 {
 	struct egd_orig *o;
 
@@ -187,87 +296,74 @@ static __always_inline int record(struct bpf_sock_addr *ctx, struct egd_addr *ds
 	return 0;
 }
 
-static __always_inline int other_proto(void)
+static __always_inline void dst_of4(struct bpf_sock_addr *ctx, struct egd_addr *dst)
 {
-	if (current_phase() == EGD_PHASE_VERIFICATION)
-		return ALLOW;
-	count(EGD_CNT_OTHER_DENIED);
-	return REFUSE;
+	dst->family = EGD_AF_INET;
+	dst->port = (__be16)ctx->user_port;
+	dst->addr[0] = ctx->user_ip4;
 }
 
-SEC("cgroup/connect4")
-int egd_connect4(struct bpf_sock_addr *ctx)
+static __always_inline void dst_of6(struct bpf_sock_addr *ctx, struct egd_addr *dst)
+{
+	__u32 a[4];
+
+	a[0] = ctx->user_ip6[0];
+	a[1] = ctx->user_ip6[1];
+	a[2] = ctx->user_ip6[2];
+	a[3] = ctx->user_ip6[3];
+	dst->port = (__be16)ctx->user_port;
+	if (v4mapped(a)) {
+		/* A v4 destination reached through a dual-stack socket: judge
+		 * and record it as v4, which is what the daemon will dial. */
+		dst->family = EGD_AF_INET;
+		dst->addr[0] = a[3];
+	} else {
+		dst->family = EGD_AF_INET6;
+		__builtin_memcpy(dst->addr, a, sizeof(a));
+	}
+}
+
+/* Apply judge()'s verdict to a v4 socket address: record the original
+ * destination and rewrite it to the daemon's listener. */
+static __always_inline int apply4(struct bpf_sock_addr *ctx, int tcp)
 {
 	struct egd_addr dst = {};
+	int to, v;
 
-	if (is_exempt()) {
-		count(EGD_CNT_EXEMPT);
-		return ALLOW;
-	}
-	dst.family = EGD_AF_INET;
-	dst.port = (__be16)ctx->user_port;
-	dst.addr[0] = ctx->user_ip4;
-
-	if (ctx->protocol == IPPROTO_UDP)
-		return udp_verdict(&dst, loopback4(dst.addr[0]));
-	if (ctx->protocol != IPPROTO_TCP)
-		return other_proto();
-	if (loopback4(dst.addr[0])) {
-		count(EGD_CNT_TCP_LOOPBACK);
-		return ALLOW;
-	}
-	/* Without a record the daemon could not tell where this was going, and
-	 * an unredirected connect would be an open door: refuse it. */
+	dst_of4(ctx, &dst);
+	v = judge(&dst, tcp, &to);
+	if (v != ALLOW || to == TO_SELF)
+		return v;
+	/* Without a record the daemon could not tell where a TCP flow was
+	 * going; for DNS the agent's resolver would see a reply from the
+	 * wrong address. Either way the flow is refused. */
 	if (record(ctx, &dst)) {
 		count(EGD_CNT_ORIG_RECORD_FAILED);
 		return REFUSE;
 	}
 	ctx->user_ip4 = bpf_htonl(LOOPBACK4);
-	ctx->user_port = listen_port();
-	count(EGD_CNT_TCP_REDIRECTED);
+	ctx->user_port = to == TO_DNS ? dns_port() : listen_port();
+	if (to == TO_CAPTURE)
+		count(EGD_CNT_TCP_REDIRECTED);
 	return ALLOW;
 }
 
-SEC("cgroup/connect6")
-int egd_connect6(struct bpf_sock_addr *ctx)
+static __always_inline int apply6(struct bpf_sock_addr *ctx, int tcp)
 {
 	struct egd_addr dst = {};
-	__u32 a[4];
+	int to, v;
 
-	if (is_exempt()) {
-		count(EGD_CNT_EXEMPT);
-		return ALLOW;
-	}
-	a[0] = ctx->user_ip6[0];
-	a[1] = ctx->user_ip6[1];
-	a[2] = ctx->user_ip6[2];
-	a[3] = ctx->user_ip6[3];
-	dst.port = (__be16)ctx->user_port;
-	if (v4mapped(a)) {
-		/* A v4 destination reached through a dual-stack socket: record it
-		 * as v4, which is what the daemon will dial. */
-		dst.family = EGD_AF_INET;
-		dst.addr[0] = a[3];
-	} else {
-		dst.family = EGD_AF_INET6;
-		__builtin_memcpy(dst.addr, a, sizeof(a));
-	}
-
-	if (ctx->protocol == IPPROTO_UDP)
-		return udp_verdict(&dst, loopback6(a));
-	if (ctx->protocol != IPPROTO_TCP)
-		return other_proto();
-	if (loopback6(a)) {
-		count(EGD_CNT_TCP_LOOPBACK);
-		return ALLOW;
-	}
+	dst_of6(ctx, &dst);
+	v = judge(&dst, tcp, &to);
+	if (v != ALLOW || to == TO_SELF)
+		return v;
 	if (record(ctx, &dst)) {
 		count(EGD_CNT_ORIG_RECORD_FAILED);
 		return REFUSE;
 	}
 	if (dst.family == EGD_AF_INET) {
-		/* Stay v4-mapped: the socket may be v6-only-capable but is
-		 * talking v4, so it must land on the v4 listener. */
+		/* Stay v4-mapped: the socket is talking v4, so it must land
+		 * on the v4 listener. */
 		ctx->user_ip6[0] = 0;
 		ctx->user_ip6[1] = 0;
 		ctx->user_ip6[2] = bpf_htonl(0x0000ffff);
@@ -278,45 +374,65 @@ int egd_connect6(struct bpf_sock_addr *ctx)
 		ctx->user_ip6[2] = 0;
 		ctx->user_ip6[3] = bpf_htonl(1);
 	}
-	ctx->user_port = listen_port();
-	count(EGD_CNT_TCP_REDIRECTED);
+	ctx->user_port = to == TO_DNS ? dns_port() : listen_port();
+	if (to == TO_CAPTURE)
+		count(EGD_CNT_TCP_REDIRECTED);
 	return ALLOW;
 }
 
+/* Sockets other than TCP and UDP cannot be created (sock_create); one made
+ * before the attach is refused here, in both phases. */
+static __always_inline int other_proto(void)
+{
+	count(EGD_CNT_OTHER_DENIED);
+	return REFUSE;
+}
+
+SEC("cgroup/connect4")
+int egd_connect4(struct bpf_sock_addr *ctx)
+{
+	if (is_exempt()) {
+		count(EGD_CNT_EXEMPT);
+		return ALLOW;
+	}
+	if (ctx->protocol != IPPROTO_TCP && ctx->protocol != IPPROTO_UDP)
+		return other_proto();
+	return apply4(ctx, ctx->protocol == IPPROTO_TCP);
+}
+
+SEC("cgroup/connect6")
+int egd_connect6(struct bpf_sock_addr *ctx)
+{
+	if (is_exempt()) {
+		count(EGD_CNT_EXEMPT);
+		return ALLOW;
+	}
+	if (ctx->protocol != IPPROTO_TCP && ctx->protocol != IPPROTO_UDP)
+		return other_proto();
+	return apply6(ctx, ctx->protocol == IPPROTO_TCP);
+}
+
+/* Unconnected UDP (and ping sockets made before the attach). Connected
+ * sends skip this hook: their destination was judged at connect, and what
+ * was connected in the verification phase meets the backstop below. */
 SEC("cgroup/sendmsg4")
 int egd_sendmsg4(struct bpf_sock_addr *ctx)
 {
-	struct egd_addr dst = {};
-
 	if (is_exempt())
 		return ALLOW;
-	dst.family = EGD_AF_INET;
-	dst.port = (__be16)ctx->user_port;
-	dst.addr[0] = ctx->user_ip4;
-	return udp_verdict(&dst, loopback4(dst.addr[0]));
+	if (ctx->protocol != IPPROTO_UDP)
+		return other_proto();
+	return apply4(ctx, 0);
 }
 
 SEC("cgroup/sendmsg6")
 int egd_sendmsg6(struct bpf_sock_addr *ctx)
 {
-	struct egd_addr dst = {};
-	__u32 a[4];
-
 	if (is_exempt())
 		return ALLOW;
-	a[0] = ctx->user_ip6[0];
-	a[1] = ctx->user_ip6[1];
-	a[2] = ctx->user_ip6[2];
-	a[3] = ctx->user_ip6[3];
-	dst.port = (__be16)ctx->user_port;
-	if (v4mapped(a)) {
-		dst.family = EGD_AF_INET;
-		dst.addr[0] = a[3];
-	} else {
-		dst.family = EGD_AF_INET6;
-		__builtin_memcpy(dst.addr, a, sizeof(a));
-	}
-	return udp_verdict(&dst, loopback6(a));
+	if (ctx->protocol != IPPROTO_UDP)
+		return other_proto();
+	return apply6(ctx, 0);
 }
 
 /* The agent sees the address it dialled, not the daemon's listener. */
@@ -325,6 +441,57 @@ static __always_inline struct egd_orig *orig_of(struct bpf_sock_addr *ctx)
 	if (!ctx->sk)
 		return NULL;
 	return bpf_sk_storage_get(&sk_orig, ctx->sk, 0, 0);
+}
+
+/*
+ * A DNS reply comes from the policy DNS listener; stub resolvers (glibc,
+ * musl, Go, c-ares) drop a reply whose source is not the server they asked,
+ * so it is given the source the agent sent to. One record per socket: the
+ * last port-53 destination. A socket asking two servers at once gets both
+ * answers from the last one (the stubs above ask one server at a time).
+ */
+SEC("cgroup/recvmsg4")
+int egd_recvmsg4(struct bpf_sock_addr *ctx)
+{
+	struct egd_orig *o = orig_of(ctx);
+
+	if (!o || o->dst.family != EGD_AF_INET || o->dst.port != bpf_htons(EGD_DNS_PORT))
+		return 1;
+	if (ctx->user_ip4 != bpf_htonl(LOOPBACK4) || ctx->user_port != dns_port())
+		return 1;
+	ctx->user_ip4 = o->dst.addr[0];
+	ctx->user_port = o->dst.port;
+	count(EGD_CNT_DNS_REPLY_RESTORED);
+	return 1;
+}
+
+SEC("cgroup/recvmsg6")
+int egd_recvmsg6(struct bpf_sock_addr *ctx)
+{
+	struct egd_orig *o = orig_of(ctx);
+	__u32 a[4];
+
+	if (!o || o->dst.port != bpf_htons(EGD_DNS_PORT) || ctx->user_port != dns_port())
+		return 1;
+	a[0] = ctx->user_ip6[0];
+	a[1] = ctx->user_ip6[1];
+	a[2] = ctx->user_ip6[2];
+	a[3] = ctx->user_ip6[3];
+	if (o->dst.family == EGD_AF_INET) {
+		if (!v4mapped(a) || a[3] != bpf_htonl(LOOPBACK4))
+			return 1;
+		ctx->user_ip6[3] = o->dst.addr[0];
+	} else {
+		if (a[0] || a[1] || a[2] || a[3] != bpf_htonl(1))
+			return 1;
+		ctx->user_ip6[0] = o->dst.addr[0];
+		ctx->user_ip6[1] = o->dst.addr[1];
+		ctx->user_ip6[2] = o->dst.addr[2];
+		ctx->user_ip6[3] = o->dst.addr[3];
+	}
+	ctx->user_port = o->dst.port;
+	count(EGD_CNT_DNS_REPLY_RESTORED);
+	return 1;
 }
 
 SEC("cgroup/getpeername4")
@@ -361,22 +528,106 @@ int egd_getpeername6(struct bpf_sock_addr *ctx)
 	return ALLOW;
 }
 
+/*
+ * Only TCP and UDP: MPTCP, SCTP, UDP-Lite, DCCP, raw and ICMP (ping) sockets
+ * are refused in both phases. Some of them never pass the connect and
+ * sendmsg hooks (ping's sendmsg, raw), so they must not exist at all.
+ * inet_create() has already turned protocol 0 into the real one here.
+ */
 SEC("cgroup/sock_create")
 int egd_sock_create(struct bpf_sock *ctx)
 {
+	__u32 family = ctx->family, type = ctx->type, proto = ctx->protocol;
+
 	if (is_exempt())
 		return ALLOW;
-	/* Raw and packet sockets would bypass every hook above. */
-	if (ctx->type == SOCK_RAW || ctx->family == AF_PACKET) {
+	if (family == AF_PACKET) {
 		count(EGD_CNT_SOCK_DENIED);
 		return REFUSE;
 	}
-	if (ctx->protocol == IPPROTO_TCP || ctx->protocol == IPPROTO_UDP)
+	if (family != EGD_AF_INET && family != EGD_AF_INET6)
 		return ALLOW;
-	/* ICMP echo, SCTP, MPTCP and the like: closed in the agent phase. */
-	if (current_phase() == EGD_PHASE_VERIFICATION)
+	if ((type == SOCK_STREAM && proto == IPPROTO_TCP) ||
+	    (type == SOCK_DGRAM && proto == IPPROTO_UDP))
 		return ALLOW;
 	count(EGD_CNT_SOCK_DENIED);
+	return REFUSE;
+}
+
+/*
+ * Options that make a packet go somewhere other than the address the
+ * connect and sendmsg hooks judged: IPv6 routing headers (a type 4 segment
+ * list sends a datagram "to ::1" out to the first segment) and IPv4 source
+ * routing. Hop-by-hop and destination options cannot route, but an agent has
+ * no use for them either and the 2292 API's PKTOPTIONS carries a routing
+ * header inside: all are refused. Per-datagram control messages
+ * (IPV6_RTHDR in sendmsg) do not pass here: the backstop drops their
+ * packets, whose IPv6 destination is the first segment.
+ */
+SEC("cgroup/setsockopt")
+int egd_setsockopt(struct bpf_sockopt *ctx)
+{
+	int level = ctx->level, name = ctx->optname;
+
+	if (is_exempt())
+		goto allow;
+	if ((level == SOL_IP && (name == IP_OPTIONS || name == IP_RETOPTS)) ||
+	    (level == SOL_IPV6 &&
+	     (name == IPV6_RTHDR || name == IPV6_2292RTHDR || name == IPV6_HOPOPTS ||
+	      name == IPV6_2292HOPOPTS || name == IPV6_DSTOPTS || name == IPV6_2292DSTOPTS ||
+	      name == IPV6_RTHDRDSTOPTS || name == IPV6_2292PKTOPTIONS))) {
+		count(EGD_CNT_SOCKOPT_DENIED);
+		return REFUSE;
+	}
+allow:
+	/* A value larger than a page is not in optval: let the kernel use the
+	 * caller's buffer as it is. */
+	if (ctx->optlen > PAGE_SIZE)
+		ctx->optlen = 0;
+	return ALLOW;
+}
+
+/*
+ * The packet-level backstop. In the agent phase every allowed flow of the
+ * sandbox ends on a loopback listener of the daemon, so a packet for any
+ * other address got past the socket hooks: a socket made before the attach,
+ * a UDP socket connected in the verification phase, a ping socket, a reply
+ * on a flow a remote peer opened, a routing header. It is dropped and
+ * counted. Exemption is by the socket's cgroup (the daemon may live under
+ * the attached cgroup, as in the tests).
+ */
+SEC("cgroup_skb/egress")
+int egd_backstop(struct __sk_buff *skb)
+{
+	__u64 id;
+	__u8 ver;
+
+	if (current_phase() != EGD_PHASE_AGENT)
+		return ALLOW;
+	id = bpf_skb_cgroup_id(skb);
+	if (bpf_map_lookup_elem(&exempt_map, &id))
+		return ALLOW;
+	if (bpf_skb_load_bytes(skb, 0, &ver, 1))
+		goto drop;
+	if (ver >> 4 == 4) {
+		struct iphdr ip;
+
+		if (bpf_skb_load_bytes(skb, 0, &ip, sizeof(ip)))
+			goto drop;
+		if (bpf_ntohl(ip.daddr) >> 24 == 127)
+			return ALLOW;
+	} else if (ver >> 4 == 6) {
+		struct ipv6hdr ip6;
+		__u32 d[4];
+
+		if (bpf_skb_load_bytes(skb, 0, &ip6, sizeof(ip6)))
+			goto drop;
+		__builtin_memcpy(d, &ip6.daddr, sizeof(d));
+		if (!d[0] && !d[1] && !d[2] && d[3] == bpf_htonl(1))
+			return ALLOW;
+	}
+drop:
+	count(EGD_CNT_BACKSTOP_DROPPED);
 	return REFUSE;
 }
 

@@ -17,18 +17,24 @@
 /* Where the kernel side sends captured flows unless told otherwise. */
 #define EGD_DEFAULT_LISTEN_PORT 15443
 #define EGD_DEFAULT_DNS_PORT 15053
-/* The port DNS is asked on (RFC 1035): what the kernel side keeps to the
- * resolvers in the agent phase and the nftables ruleset matches. */
+/* The port DNS is asked on (RFC 1035): what the kernel side and the
+ * nftables ruleset send to the policy DNS, whatever the address. */
 #define EGD_DNS_PORT 53
 
 /* Map sizes. Each entry lives from connect() until the daemon accepts. */
 #define EGD_ORIG_MAX_ENTRIES 65536
 #define EGD_EXEMPT_MAX_ENTRIES 64
-#define EGD_RESOLVERS_MAX_ENTRIES 16
+#define EGD_RESOLVERS_MAX_ENTRIES 16 /* of the daemon's forwarder, not the kernel's */
 #define EGD_SOCKHASH_MAX_ENTRIES 65536
 /* Addresses the policy DNS answered for intercept hosts: a few per host and
  * TTL window; LRU, so an agent asking for many cannot fill it for good. */
 #define EGD_ICADDR_MAX_ENTRIES 4096
+/* Always-deny prefixes (EGRESSD_DENY_CIDRS): the defaults plus what the
+ * operator adds (API servers, kubelets, a few cloud endpoints). */
+#define EGD_DENY_MAX_ENTRIES 256
+/* Loopback ports the agent may reach besides the daemon's capture and DNS
+ * ports: the policy proxy's and EGRESSD_LOOPBACK_ALLOW. */
+#define EGD_LOOPBACK_PORTS_MAX_ENTRIES 64
 
 /* AF_INET/AF_INET6 as the kernel spells them; BPF has no libc headers. */
 #define EGD_AF_INET 2
@@ -86,10 +92,21 @@ struct egd_icaddr {
 };
 _Static_assert(sizeof(struct egd_icaddr) == 8, "egd_icaddr layout");
 
+/*
+ * Key of the always-deny LPM trie. Every address is kept as IPv6, a v4 one
+ * v4-mapped (::ffff:a.b.c.d, prefix 96 + its own), so one lookup answers for
+ * v4, v6 and a v4-mapped destination of a dual-stack socket alike.
+ */
+struct egd_lpm_key {
+	__u32 prefixlen;
+	__be32 addr[4];
+};
+_Static_assert(sizeof(struct egd_lpm_key) == 20, "egd_lpm_key layout");
+
 /* Written by `egressd attach`, read by the programs and by `egressd run`. */
 struct egd_config {
 	__be16 listen_port; /* TCP port of the listener on 127.0.0.1 and ::1 */
-	__be16 dns_port;    /* 0 until the policy DNS listener exists */
+	__be16 dns_port;    /* policy DNS on 127.0.0.1 and ::1 (0: the default) */
 	__u32 flags;        /* EGD_CFG_* */
 	__u64 daemon_cgroup_id; /* informational: the cgroup of the loader */
 };
@@ -102,13 +119,19 @@ enum egd_counter {
 	EGD_CNT_TCP_REDIRECTED = 0,
 	EGD_CNT_TCP_LOOPBACK,
 	EGD_CNT_EXEMPT,
-	EGD_CNT_UDP_ALLOWED_DNS,
+	EGD_CNT_DNS_REDIRECTED, /* UDP or TCP to port 53, sent to the policy DNS */
 	EGD_CNT_UDP_ALLOWED_VERIFICATION,
 	EGD_CNT_UDP_ALLOWED_LOOPBACK,
 	EGD_CNT_UDP_DENIED,
 	EGD_CNT_SOCK_DENIED,
 	EGD_CNT_OTHER_DENIED,
 	EGD_CNT_ORIG_RECORD_FAILED,
+	EGD_CNT_DNS_REPLY_RESTORED, /* a DNS reply's source set back for the agent */
+	EGD_CNT_DENY_CIDR,	    /* always-deny destination refused */
+	EGD_CNT_LOOPBACK_DENIED,    /* loopback port outside the allowed set */
+	EGD_CNT_SOCKOPT_DENIED,	    /* routing header or IP options refused */
+	EGD_CNT_UDP_INTERCEPT_DENIED, /* UDP (QUIC) to an intercept address */
+	EGD_CNT_BACKSTOP_DROPPED,   /* packet for a non-loopback address dropped */
 	EGD_CNT_MAX,
 };
 

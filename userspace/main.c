@@ -10,6 +10,7 @@
 #include "datapath/bpf.h"
 #include "datapath/cgroup.h"
 #include "datapath/nft.h"
+#include "datapath/rules.h"
 #include "egress/daemon.h"
 #include "proxy/ca.h"
 #include "proxy/proxy_config.h"
@@ -47,7 +48,8 @@ static void usage(FILE *out)
 		"egressd " EGD_VERSION " - egress enforcement for agent sandboxes\n\n"
 		"usage:\n"
 		"  egressd attach --cgroup PATH [--exempt-cgroup PATH]... [--pin DIR]\n"
-		"                 [--accel on|off] [--resolvers IP,...]\n"
+		"                 [--accel on|off] [--dns-listen ADDR:PORT,...]\n"
+		"                 [--deny-cidrs CIDR,...] [--loopback-allow PORT,...]\n"
 		"  egressd detach [--pin DIR]\n"
 		"  egressd run [SETTINGS]\n"
 		"  egressd exec [--phase agent|verification] [SETTINGS] -- CMD [ARG]...\n"
@@ -59,23 +61,70 @@ static void usage(FILE *out)
 	egd_config_usage(out);
 	fprintf(out, "\nrouter settings (flag, environment variable, [default]):\n");
 	egd_router_config_usage(out);
-	fprintf(out, "\nattach also reads EGRESSD_RESOLVERS (default: nameservers of "
-		     "/etc/resolv.conf).\n");
+	fprintf(out, "\nattach reads EGRESSD_DNS_LISTEN (the policy DNS port the kernel sends all "
+		     "DNS to, default %d), EGRESSD_DENY_CIDRS, EGRESSD_LOOPBACK_ALLOW and "
+		     "EGRESSD_PROXY_HTTP_LISTEN (its port is reachable on loopback).\n",
+		EGD_DEFAULT_DNS_PORT);
 }
 
-static int resolvers_from_env(const char *spec, struct egd_addr *out, int max)
+/* The kernel side's lists, filled by kernel_settings() for egd_bpf_attach(). */
+struct kernel_lists {
+	struct egd_lpm_key deny[EGD_DENY_MAX_ENTRIES];
+	uint16_t ports[EGD_LOOPBACK_PORTS_MAX_ENTRIES];
+};
+
+/*
+ * The settings the kernel side is attached with: the policy DNS port, the
+ * always-deny prefixes (defaults + @deny), the loopback ports of the agent
+ * phase (@loopback + the policy proxy's HTTP port, @proxy_http). NULL means
+ * unset. Messages name the variable; returns 0 or -EINVAL.
+ */
+static int kernel_settings(struct egd_attach_opts *o, struct kernel_lists *l, const char *dns,
+			   const char *deny, const char *loopback, const char *proxy_http)
 {
+	struct egd_addr a;
 	int n;
 
-	if (spec && *spec) { /* empty reads as unset, as in egressd run */
-		n = egd_parse_ip_list(spec, out, max);
-		if (n < 0)
-			egd_err("bad EGRESSD_RESOLVERS \"%s\": expected IP addresses, comma "
-				"separated (at most %d)",
-				spec, max);
-		return n;
+	if (egd_dns_listen_port(dns, &o->dns_port)) {
+		egd_err("bad EGRESSD_DNS_LISTEN \"%s\": expected ADDR:PORT items on 127.0.0.0/8 or "
+			"::1, all with the same port",
+			dns);
+		return -EINVAL;
 	}
-	return egd_resolvers_from_file("/etc/resolv.conf", out, max);
+	n = egd_deny_cidrs(deny, l->deny, EGD_DENY_MAX_ENTRIES);
+	if (n < 0) {
+		egd_err("bad EGRESSD_DENY_CIDRS \"%s\": expected ADDR/LEN prefixes, comma "
+			"separated (at most %d with the defaults)",
+			deny, EGD_DENY_MAX_ENTRIES);
+		return -EINVAL;
+	}
+	o->deny = l->deny;
+	o->n_deny = (size_t)n;
+	/* One slot stays free for the policy proxy's port. */
+	n = egd_parse_port_list(loopback, l->ports, EGD_LOOPBACK_PORTS_MAX_ENTRIES - 1);
+	if (n < 0) {
+		egd_err("bad EGRESSD_LOOPBACK_ALLOW \"%s\": expected ports, comma separated (at "
+			"most %d)",
+			loopback, EGD_LOOPBACK_PORTS_MAX_ENTRIES - 1);
+		return -EINVAL;
+	}
+	if (!proxy_http)
+		proxy_http = EGD_PROXY_HTTP_LISTEN_DEFAULT;
+	if (strcmp(proxy_http, "off") != 0) {
+		if (egd_parse_hostport(proxy_http, &a)) {
+			egd_err("bad EGRESSD_PROXY_HTTP_LISTEN \"%s\"", proxy_http);
+			return -EINVAL;
+		}
+		l->ports[n++] = ntohs(a.port);
+	}
+	o->loopback_ports = l->ports;
+	o->n_loopback_ports = (size_t)n;
+#ifdef EGD_TEST_SWITCHES
+	/* The e2e test of the backstop alone; compiled out of release builds. */
+	o->backstop_only = getenv("EGRESSD_TEST_BACKSTOP_ONLY") &&
+			   strcmp(getenv("EGRESSD_TEST_BACKSTOP_ONLY"), "1") == 0;
+#endif
+	return 0;
 }
 
 /*
@@ -120,13 +169,17 @@ static int cmd_attach(int argc, char **argv)
 		{ "pin", required_argument, NULL, 'p' },
 		{ "accel", required_argument, NULL, 'a' },
 		{ "resolvers", required_argument, NULL, 'r' },
+		{ "dns-listen", required_argument, NULL, 'd' },
+		{ "deny-cidrs", required_argument, NULL, 'D' },
+		{ "loopback-allow", required_argument, NULL, 'l' },
 		{ 0 },
 	};
 	const char *exempt[EGD_EXEMPT_MAX_ENTRIES];
-	struct egd_addr res[EGD_RESOLVERS_MAX_ENTRIES];
+	static struct kernel_lists lists;
 	struct egd_attach_opts o = { .pin_dir = getenv("EGRESSD_PIN_DIR") };
-	const char *res_spec = getenv("EGRESSD_RESOLVERS");
-	int c, n;
+	const char *dns = getenv("EGRESSD_DNS_LISTEN"), *deny = getenv("EGRESSD_DENY_CIDRS");
+	const char *loopback = getenv("EGRESSD_LOOPBACK_ALLOW");
+	int c;
 
 	if (!o.pin_dir)
 		o.pin_dir = EGD_DEFAULT_PIN_DIR;
@@ -153,7 +206,19 @@ static int cmd_attach(int argc, char **argv)
 			o.accel = strcmp(optarg, "on") == 0;
 			break;
 		case 'r':
-			res_spec = optarg;
+			/* Kept so that older scripts still attach: the agent's DNS
+			 * goes to the policy DNS whatever resolver it names. */
+			egd_warn("--resolvers is ignored by attach: all DNS goes to the policy "
+				 "DNS, which forwards to EGRESSD_RESOLVERS");
+			break;
+		case 'd':
+			dns = optarg;
+			break;
+		case 'D':
+			deny = optarg;
+			break;
+		case 'l':
+			loopback = optarg;
 			break;
 		default:
 			return 2;
@@ -163,14 +228,11 @@ static int cmd_attach(int argc, char **argv)
 		egd_err("attach needs --cgroup PATH and nothing else (see egressd help)");
 		return 2;
 	}
-	n = resolvers_from_env(res_spec, res, EGD_RESOLVERS_MAX_ENTRIES);
-	if (n < 0)
+	if (kernel_settings(&o, &lists, dns, deny, loopback, getenv("EGRESSD_PROXY_HTTP_LISTEN")))
 		return 2;
 	o.exempt = exempt;
 	if (check_exempt(o.cgroup, exempt, o.n_exempt))
 		return 2;
-	o.resolvers = res;
-	o.n_resolvers = (size_t)n;
 	return egd_bpf_attach(&o) ? 1 : 0;
 }
 
@@ -253,11 +315,14 @@ static int cmd_status(int argc, char **argv)
 	printf("mode: bpf\npin: %s\nattached: %s\n", pin, egd_bpf_attached(&b) ? "yes" : "no");
 	snprintf(lsm, sizeof(lsm), "%s/links/egd_lsm_socket_create", pin);
 	printf("packet sockets refused: %s\n", access(lsm, F_OK) == 0 ? "yes (BPF LSM)" : "no (no BPF LSM)");
+	snprintf(lsm, sizeof(lsm), "%s/links/egd_backstop", pin);
+	printf("packet backstop: %s\n", access(lsm, F_OK) == 0 ? "attached" : "not attached");
 	if (egd_bpf_get_phase(&b, &p) == 0)
 		printf("phase: %s\n", egd_phase_name(p));
 	if (egd_bpf_get_config(&b, &c) == 0)
-		printf("listen port: %u\naccel: %s\ndaemon cgroup id: %llu\n", ntohs(c.listen_port),
-		       c.flags & EGD_CFG_ACCEL ? "on" : "off", (unsigned long long)c.daemon_cgroup_id);
+		printf("listen port: %u\ndns port: %u\naccel: %s\ndaemon cgroup id: %llu\n",
+		       ntohs(c.listen_port), ntohs(c.dns_port), c.flags & EGD_CFG_ACCEL ? "on" : "off",
+		       (unsigned long long)c.daemon_cgroup_id);
 	if (egd_bpf_counters(&b, k) == 0) {
 		printf("kernel counters:\n");
 		for (int i = 0; i < EGD_CNT_MAX; i++)
@@ -647,11 +712,11 @@ static int cmd_exec(int argc, char **argv)
 {
 	char cg_root[PATH_MAX], base[PATH_MAX], cg[PATH_MAX + 8], daemon_cg[PATH_MAX + 8];
 	char pin[PATH_MAX], sentinel_dir[PATH_MAX], *sentinel_arg = NULL;
-	struct egd_addr res[EGD_RESOLVERS_MAX_ENTRIES];
+	static struct kernel_lists lists;
 	const char *exempt[1];
 	struct egd_attach_opts o = { 0 };
 	struct egd_config_run check;
-	int sep = -1, ready[2], status = 0, rc = 1, n, accel = 0, audit_flag = 0;
+	int sep = -1, ready[2], status = 0, rc = 1, accel = 0, audit_flag = 0;
 	char **run_argv;
 	int run_argc = 0;
 	pid_t daemon = -1, child;
@@ -727,14 +792,14 @@ static int cmd_exec(int argc, char **argv)
 	exempt[0] = daemon_cg;
 	o.exempt = exempt;
 	o.n_exempt = 1;
-	n = resolvers_from_env(egd_config_get("EGRESSD_RESOLVERS"), res, EGD_RESOLVERS_MAX_ENTRIES);
-	if (n < 0)
+	if (kernel_settings(&o, &lists, egd_config_get("EGRESSD_DNS_LISTEN"),
+			    egd_config_get("EGRESSD_DENY_CIDRS"),
+			    egd_config_get("EGRESSD_LOOPBACK_ALLOW"),
+			    egd_config_get("EGRESSD_PROXY_HTTP_LISTEN")))
 		goto out_cgroup;
 	o.cgroup = cg;
 	o.pin_dir = pin;
 	o.accel = accel;
-	o.resolvers = res;
-	o.n_resolvers = (size_t)n;
 	if (egd_bpf_attach(&o))
 		goto out_cgroup;
 

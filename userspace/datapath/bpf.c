@@ -24,8 +24,8 @@
 #define BPF_FS_MAGIC_NUMBER 0xcafe4a11
 
 static const char *const map_names[] = {
-	"phase_map", "config_map", "exempt_map", "resolver_map",
-	"counters",  "orig_by_tuple", "sockhash",
+	"phase_map",	 "config_map", "exempt_map",	 "counters",  "orig_by_tuple",
+	"sockhash",	 "deny_map",	"loopback_ports", "icaddr_map",
 };
 #define N_MAPS (sizeof(map_names) / sizeof(map_names[0]))
 
@@ -35,13 +35,19 @@ const char *egd_counter_name(enum egd_counter c)
 		[EGD_CNT_TCP_REDIRECTED] = "tcp_redirected",
 		[EGD_CNT_TCP_LOOPBACK] = "tcp_loopback",
 		[EGD_CNT_EXEMPT] = "exempt",
-		[EGD_CNT_UDP_ALLOWED_DNS] = "udp_allowed_dns",
+		[EGD_CNT_DNS_REDIRECTED] = "dns_redirected",
 		[EGD_CNT_UDP_ALLOWED_VERIFICATION] = "udp_allowed_verification",
 		[EGD_CNT_UDP_ALLOWED_LOOPBACK] = "udp_allowed_loopback",
 		[EGD_CNT_UDP_DENIED] = "udp_denied",
 		[EGD_CNT_SOCK_DENIED] = "socket_denied",
 		[EGD_CNT_OTHER_DENIED] = "other_proto_denied",
 		[EGD_CNT_ORIG_RECORD_FAILED] = "record_failed",
+		[EGD_CNT_DNS_REPLY_RESTORED] = "dns_reply_restored",
+		[EGD_CNT_DENY_CIDR] = "deny_cidr_refused",
+		[EGD_CNT_LOOPBACK_DENIED] = "loopback_port_refused",
+		[EGD_CNT_SOCKOPT_DENIED] = "sockopt_refused",
+		[EGD_CNT_UDP_INTERCEPT_DENIED] = "udp_intercept_refused",
+		[EGD_CNT_BACKSTOP_DROPPED] = "backstop_dropped",
 	};
 
 	return c < EGD_CNT_MAX && names[c] ? names[c] : "?";
@@ -160,18 +166,22 @@ static int bpf_lsm_active(void)
 	return 0;
 }
 
-/* Every program with its link, in attach order. sk_msg is not a cgroup
- * program and is handled apart. */
-static int attach_cgroup_progs(struct egressd *skel, int cg_fd, const char *pin_dir)
+/* Every program with its link, in attach order: the backstop first, so
+ * nothing the socket hooks let through slips out while they are attached.
+ * sk_msg is not a cgroup program and is handled apart. */
+static int attach_cgroup_progs(struct egressd *skel, int cg_fd, const char *pin_dir,
+			       int backstop_only)
 {
 	struct bpf_program *progs[] = {
-		skel->progs.egd_sock_create, skel->progs.egd_connect4,	  skel->progs.egd_connect6,
-		skel->progs.egd_sendmsg4,    skel->progs.egd_sendmsg6,	  skel->progs.egd_getpeername4,
-		skel->progs.egd_getpeername6, skel->progs.egd_sockops,
+		skel->progs.egd_backstop,     skel->progs.egd_sock_create,  skel->progs.egd_setsockopt,
+		skel->progs.egd_connect4,     skel->progs.egd_connect6,	    skel->progs.egd_sendmsg4,
+		skel->progs.egd_sendmsg6,     skel->progs.egd_recvmsg4,	    skel->progs.egd_recvmsg6,
+		skel->progs.egd_getpeername4, skel->progs.egd_getpeername6, skel->progs.egd_sockops,
 	};
+	size_t n = backstop_only ? 1 : sizeof(progs) / sizeof(progs[0]);
 	char path[PATH_MAX];
 
-	for (size_t i = 0; i < sizeof(progs) / sizeof(progs[0]); i++) {
+	for (size_t i = 0; i < n; i++) {
 		const char *name = bpf_program__name(progs[i]);
 		struct bpf_link *link = bpf_program__attach_cgroup(progs[i], cg_fd);
 		int err;
@@ -190,7 +200,7 @@ static int attach_cgroup_progs(struct egressd *skel, int cg_fd, const char *pin_
 			return err;
 		}
 	}
-	return attach_lsm(skel, cg_fd, pin_dir);
+	return backstop_only ? 0 : attach_lsm(skel, cg_fd, pin_dir);
 }
 
 static int write_initial_state(struct egressd *skel, const struct egd_attach_opts *o)
@@ -198,6 +208,7 @@ static int write_initial_state(struct egressd *skel, const struct egd_attach_opt
 	__u32 zero = 0, agent = EGD_PHASE_AGENT;
 	struct egd_config cfg = {
 		.listen_port = htons(EGD_DEFAULT_LISTEN_PORT),
+		.dns_port = htons(o->dns_port ? o->dns_port : EGD_DEFAULT_DNS_PORT),
 		.flags = o->accel ? EGD_CFG_ACCEL : 0,
 	};
 	char self[PATH_MAX];
@@ -226,11 +237,13 @@ static int write_initial_state(struct egressd *skel, const struct egd_attach_opt
 		err = bpf_map__update_elem(skel->maps.exempt_map, &id, sizeof(id), &one,
 					   sizeof(one), BPF_ANY);
 	}
-	for (size_t i = 0; !err && i < o->n_resolvers; i++) {
-		struct egd_addr a = o->resolvers[i];
+	for (size_t i = 0; !err && i < o->n_deny; i++)
+		err = bpf_map__update_elem(skel->maps.deny_map, &o->deny[i], sizeof(o->deny[i]),
+					   &one, sizeof(one), BPF_ANY);
+	for (size_t i = 0; !err && i < o->n_loopback_ports; i++) {
+		__u16 port = o->loopback_ports[i];
 
-		a.port = 0;
-		err = bpf_map__update_elem(skel->maps.resolver_map, &a, sizeof(a), &one,
+		err = bpf_map__update_elem(skel->maps.loopback_ports, &port, sizeof(port), &one,
 					   sizeof(one), BPF_ANY);
 	}
 	if (err)
@@ -245,8 +258,15 @@ int egd_bpf_attach(const struct egd_attach_opts *o)
 	struct bpf_map *map;
 	int cg_fd = -1, err;
 
-	if (o->n_resolvers > EGD_RESOLVERS_MAX_ENTRIES || o->n_exempt > EGD_EXEMPT_MAX_ENTRIES)
+	if (o->n_exempt > EGD_EXEMPT_MAX_ENTRIES || o->n_deny > EGD_DENY_MAX_ENTRIES ||
+	    o->n_loopback_ports > EGD_LOOPBACK_PORTS_MAX_ENTRIES)
 		return -E2BIG;
+	/* Always-deny without its defaults would open cloud metadata: the
+	 * caller passes egd_deny_cidrs(), which starts with them. */
+	if (!o->n_deny) {
+		egd_err("no always-deny prefixes given (a bug: the defaults are missing)");
+		return -EINVAL;
+	}
 	/*
 	 * The sk_msg path stays off until it is both correct and faster (see
 	 * bench/README.md): the daemon's sockets are never in the SOCKHASH, so
@@ -356,14 +376,15 @@ int egd_bpf_attach(const struct egd_attach_opts *o)
 		pin_path(path, sizeof(path), o->pin_dir, "prog", "egd_sk_msg");
 		bpf_program__pin(skel->progs.egd_sk_msg, path);
 	}
-	err = attach_cgroup_progs(skel, cg_fd, o->pin_dir);
+	err = attach_cgroup_progs(skel, cg_fd, o->pin_dir, o->backstop_only);
 	if (err)
 		goto err_unpin;
 
 	egressd__destroy(skel);
 	close(cg_fd);
-	egd_info("attached to %s, pinned under %s%s", o->cgroup, o->pin_dir,
-		 o->accel ? " (sk_msg fast path on)" : "");
+	egd_info("attached to %s, pinned under %s%s%s", o->cgroup, o->pin_dir,
+		 o->accel ? " (sk_msg fast path on)" : "",
+		 o->backstop_only ? " (TEST SWITCH: packet backstop only, no socket hooks)" : "");
 	return 0;
 
 err_unpin:
@@ -415,14 +436,25 @@ int egd_bpf_detach(const char *pin_dir)
 	return 0;
 }
 
-int egd_bpf_open(struct egd_bpf *b, const char *pin_dir)
+/* The descriptors of @b, in the order of map_names. */
+#define MAP_FDS(b)                                                                                \
+	{ &(b)->phase_fd, &(b)->config_fd, &(b)->exempt_fd, &(b)->counters_fd, &(b)->orig_fd,     \
+	  &(b)->sockhash_fd, &(b)->deny_fd, &(b)->loopback_fd, &(b)->icaddr_fd }
+
+void egd_bpf_init(struct egd_bpf *b)
 {
-	int *fds[N_MAPS] = { &b->phase_fd,    &b->config_fd, &b->exempt_fd, &b->resolver_fd,
-			     &b->counters_fd, &b->orig_fd,   &b->sockhash_fd };
-	char path[PATH_MAX];
+	int *fds[N_MAPS] = MAP_FDS(b);
 
 	for (size_t i = 0; i < N_MAPS; i++)
 		*fds[i] = -1;
+}
+
+int egd_bpf_open(struct egd_bpf *b, const char *pin_dir)
+{
+	int *fds[N_MAPS] = MAP_FDS(b);
+	char path[PATH_MAX];
+
+	egd_bpf_init(b);
 	snprintf(b->pin_dir, sizeof(b->pin_dir), "%s", pin_dir);
 	for (size_t i = 0; i < N_MAPS; i++) {
 		int err = pin_path(path, sizeof(path), pin_dir, "maps", map_names[i]);
@@ -447,11 +479,11 @@ int egd_bpf_open(struct egd_bpf *b, const char *pin_dir)
 
 void egd_bpf_close(struct egd_bpf *b)
 {
-	int *fds[N_MAPS] = { &b->phase_fd,    &b->config_fd, &b->exempt_fd, &b->resolver_fd,
-			     &b->counters_fd, &b->orig_fd,   &b->sockhash_fd };
-
 	if (!b)
 		return;
+
+	int *fds[N_MAPS] = MAP_FDS(b);
+
 	for (size_t i = 0; i < N_MAPS; i++) {
 		if (*fds[i] >= 0)
 			close(*fds[i]);
@@ -546,4 +578,33 @@ int egd_bpf_sockhash_add(struct egd_bpf *b, const struct egd_tuple *t, int fd)
 	__u64 v = (__u64)fd;
 
 	return bpf_map_update_elem(b->sockhash_fd, t, &v, BPF_ANY) ? -errno : 0;
+}
+
+int egd_bpf_icaddr_put(struct egd_bpf *b, const struct egd_ip *ip, uint64_t expires_ns)
+{
+	struct egd_icaddr v = { .expires_ns = expires_ns };
+	struct egd_ip k = { .family = ip->family };
+
+	if (ip->family == EGD_AF_INET) {
+		k.addr[0] = ip->addr[0];
+	} else if (ip->family == EGD_AF_INET6 && !ip->addr[0] && !ip->addr[1] &&
+		   ip->addr[2] == htonl(0x0000ffff)) {
+		/* The kernel judges a v4-mapped destination as v4. */
+		k.family = EGD_AF_INET;
+		k.addr[0] = ip->addr[3];
+	} else if (ip->family == EGD_AF_INET6) {
+		memcpy(k.addr, ip->addr, sizeof(k.addr));
+	} else {
+		return -EAFNOSUPPORT;
+	}
+	return bpf_map_update_elem(b->icaddr_fd, &k, &v, BPF_ANY) ? -errno : 0;
+}
+
+int egd_bpf_loopback_allow(struct egd_bpf *b, uint16_t port)
+{
+	__u8 one = 1;
+
+	if (!port)
+		return -EINVAL;
+	return bpf_map_update_elem(b->loopback_fd, &port, &one, BPF_ANY) ? -errno : 0;
 }

@@ -5,7 +5,8 @@
  * the pinned maps for the daemon (egressd run, status, phase).
  *
  * Pin layout under DIR: maps/<map name>, links/<program name>, and, for the
- * sk_msg fast path, the program itself at prog/egd_sk_msg.
+ * sk_msg fast path, the program itself at prog/egd_sk_msg. Removing a link
+ * pin detaches that program.
  */
 #ifndef EGD_BPF_H
 #define EGD_BPF_H
@@ -23,17 +24,27 @@ struct egd_attach_opts {
 	size_t n_exempt;
 	const char *pin_dir;
 	int accel;			 /* load the sk_msg fast path */
-	const struct egd_addr *resolvers; /* port ignored */
-	size_t n_resolvers;
+	uint16_t dns_port;		 /* policy DNS port, host order; 0: default */
+	const struct egd_lpm_key *deny;	 /* always-deny prefixes (egd_deny_cidrs) */
+	size_t n_deny;
+	const uint16_t *loopback_ports;	 /* extra loopback ports, host order */
+	size_t n_loopback_ports;
+	/* Test builds only (EGD_TEST_SWITCHES): attach the packet backstop and
+	 * none of the socket hooks, to show what the backstop stops alone. */
+	int backstop_only;
 };
 
 int egd_bpf_attach(const struct egd_attach_opts *opts);
 int egd_bpf_detach(const char *pin_dir);
 
 struct egd_bpf {
-	int phase_fd, config_fd, exempt_fd, resolver_fd, counters_fd, orig_fd, sockhash_fd;
+	int phase_fd, config_fd, exempt_fd, counters_fd, orig_fd, sockhash_fd;
+	int deny_fd, loopback_fd, icaddr_fd;
 	char pin_dir[256];
 };
+
+/* Mark every descriptor of @b closed, so egd_bpf_close() is safe on it. */
+void egd_bpf_init(struct egd_bpf *b);
 
 /* Open the pinned maps. Returns 0, -ENOENT when nothing is attached there. */
 int egd_bpf_open(struct egd_bpf *b, const char *pin_dir);
@@ -53,6 +64,19 @@ int egd_bpf_counters(struct egd_bpf *b, uint64_t out[EGD_CNT_MAX]);
 int egd_bpf_orig_take(struct egd_bpf *b, const struct egd_tuple *t, struct egd_orig *out);
 /* Put the daemon's end of a captured connection in the fast-path map. */
 int egd_bpf_sockhash_add(struct egd_bpf *b, const struct egd_tuple *t, int fd);
+
+/*
+ * Remember @ip (v4 in addr[0], family EGD_AF_INET or EGD_AF_INET6, pad 0)
+ * as an address the policy DNS answered for an intercept host, until
+ * @expires_ns (CLOCK_MONOTONIC, the clock of bpf_ktime_get_ns()). A later
+ * put replaces the expiry. The map is LRU: the oldest entries go first when
+ * it is full. 0 or -errno.
+ */
+int egd_bpf_icaddr_put(struct egd_bpf *b, const struct egd_ip *ip, uint64_t expires_ns);
+
+/* Let the agent reach loopback port @port (host order) in the agent phase,
+ * as a listener of the daemon (the policy proxy's). 0 or -errno. */
+int egd_bpf_loopback_allow(struct egd_bpf *b, uint16_t port);
 
 const char *egd_counter_name(enum egd_counter c);
 

@@ -718,8 +718,7 @@ int egd_daemon_run(const struct egd_config_run *cfg)
 		return 1;
 	}
 	d->cfg = *cfg;
-	d->bpf.phase_fd = d->bpf.config_fd = d->bpf.exempt_fd = d->bpf.resolver_fd = -1;
-	d->bpf.counters_fd = d->bpf.orig_fd = d->bpf.sockhash_fd = -1;
+	egd_bpf_init(&d->bpf);
 	d->admin.fd = d->signals.fd = d->inotify.fd = d->nft_monitor.fd = -1;
 	d->capture = EGD_CAPTURE_BPF;
 	raise_fd_limit();
