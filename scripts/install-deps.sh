@@ -5,6 +5,7 @@
 set -euo pipefail
 
 PKGS=(
+	bind9-dnsutils # dig: the e2e tests of DNS redirection
 	build-essential cmake pkg-config
 	clang llvm libclang-rt-14-dev bpftool libbpf-dev libelf-dev zlib1g-dev
 	libssl-dev openssl libjansson-dev libc-ares-dev libnftnl-dev libmnl-dev

@@ -133,7 +133,7 @@ egd_start_daemon() {
 
 egd_attach() {
 	"$EGRESSD" attach --cgroup "$CG" --exempt-cgroup "$CG/daemon" --pin "$PIN" \
-		--resolvers $SRV4 "$@" 2>"$T/attach.err"
+		"$@" 2>"$T/attach.err"
 }
 
 # The standard fixture: network, cgroups, servers, capture, daemon.
