@@ -14,6 +14,7 @@
 #include "datapath/nftmode.h"
 #include "core/log.h"
 #include "core/resolve.h"
+#include "proxy/proxy_config.h"
 
 #include <arpa/inet.h>
 #include <bpf/bpf.h>
@@ -271,6 +272,28 @@ static int exempt_self(struct egd_daemon *d)
 	return err;
 }
 
+/*
+ * The policy proxy's plain-HTTP listener is one of the daemon's loopback
+ * ports the agent may reach in the agent phase. attach allowed the port it
+ * was told; the daemon allows the one it listens on, which may differ.
+ */
+static int allow_proxy_port(struct egd_daemon *d)
+{
+	const char *v = egd_proxy_getenv(NULL, "EGRESSD_PROXY_HTTP_LISTEN");
+	struct egd_addr a;
+	int err;
+
+	if (!v || !*v)
+		v = EGD_PROXY_HTTP_LISTEN_DEFAULT;
+	if (strcmp(v, "off") == 0 || egd_parse_hostport(v, &a))
+		return 0; /* off, or refused by the settings check already */
+	err = egd_bpf_loopback_allow(&d->bpf, ntohs(a.port));
+	if (err)
+		egd_err("allowing the policy proxy's port %u to the agent: %s", ntohs(a.port),
+			strerror(-err));
+	return err;
+}
+
 static int setup_bpf(struct egd_daemon *d)
 {
 	struct egd_config c;
@@ -288,7 +311,10 @@ static int setup_bpf(struct egd_daemon *d)
 		return err;
 	c.listen_port = htons(d->cfg.listen_port);
 	c.daemon_cgroup_id = d->self_cgroup_id;
-	return egd_bpf_set_config(&d->bpf, &c);
+	err = egd_bpf_set_config(&d->bpf, &c);
+	if (err)
+		return err;
+	return allow_proxy_port(d);
 }
 
 /* How often the installed nftables ruleset is read back and compared, on
