@@ -259,7 +259,7 @@ static __always_inline int judge(const struct egd_addr *dst, int tcp, int *to)
 		return REFUSE;
 	}
 	if (dst_loopback(dst)) {
-		if (phase == EGD_PHASE_AGENT && !loopback_port_ok(dst->port)) {
+		if (phase != EGD_PHASE_VERIFICATION && !loopback_port_ok(dst->port)) {
 			count(EGD_CNT_LOOPBACK_DENIED);
 			return REFUSE;
 		}
@@ -602,7 +602,8 @@ int egd_backstop(struct __sk_buff *skb)
 	__u64 id;
 	__u8 ver;
 
-	if (current_phase() != EGD_PHASE_AGENT)
+	/* Anything but the verification phase is the agent phase. */
+	if (current_phase() == EGD_PHASE_VERIFICATION)
 		return ALLOW;
 	id = bpf_skb_cgroup_id(skb);
 	if (bpf_map_lookup_elem(&exempt_map, &id))
