@@ -144,6 +144,42 @@ counter() { # counter NAME: the kernel counter from egressd status
 	! served port=53
 }
 
+# in_resolv NAMESERVER CMD...: run CMD as the agent with a resolv.conf naming
+# NAMESERVER, bind-mounted in a mount namespace of its own (the machine's
+# file is never touched).
+in_resolv() {
+	local ns=$1
+	shift
+	printf 'nameserver %s\noptions timeout:2 attempts:1\n' "$ns" >"$T/resolv.$ns.conf"
+	agent unshare -m sh -c 'mount --bind "$0" /etc/resolv.conf && exec "$@"' \
+		"$T/resolv.$ns.conf" "$@"
+}
+
+@test "real stub resolvers (glibc, Python, Node's c-ares) accept the redirected answers" {
+	sd_setup
+	dns_standin
+	grep -q '^hosts:.*dns' /etc/nsswitch.conf || skip "nsswitch.conf does not ask DNS for hosts"
+	for ns in $SRV4 203.0.113.53 $SRV6; do
+		run in_resolv $ns getent ahostsv4 probe.example
+		echo "getent via $ns: $output"
+		[ "${lines[0]%% *}" = 192.0.2.77 ]
+		run in_resolv $ns python3 -c \
+			"import socket; print(socket.getaddrinfo('probe.example', 443, socket.AF_INET)[0][4][0])"
+		[ "$output" = 192.0.2.77 ]
+	done
+	if command -v node >/dev/null; then
+		run in_resolv $SRV4 node -e \
+			"require('dns').resolve4('probe.example', (e, a) => console.log(e ? e.code : a[0]))"
+		echo "node resolve4: $output"
+		[ "$output" = 192.0.2.77 ]
+		run in_resolv $SRV4 node -e \
+			"require('dns').lookup('probe.example', 4, (e, a) => console.log(e ? e.code : a))"
+		[ "$output" = 192.0.2.77 ]
+	fi
+	! reached dport=53
+	! served port=53
+}
+
 @test "DNS over TCP to any address reaches only the policy DNS" {
 	sd_setup
 	dns_standin
