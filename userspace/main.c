@@ -284,6 +284,33 @@ static int cmd_phase(int argc, char **argv)
 	return 0;
 }
 
+/* The always-deny set and the extra loopback ports, as the kernel has them. */
+static void print_kernel_lists(struct egd_bpf *b)
+{
+	static struct egd_lpm_key deny[EGD_DENY_MAX_ENTRIES];
+	uint16_t ports[EGD_LOOPBACK_PORTS_MAX_ENTRIES];
+	char buf[INET6_ADDRSTRLEN];
+	int n;
+
+	n = egd_bpf_deny_list(b, deny, EGD_DENY_MAX_ENTRIES);
+	printf("always-deny (both phases):");
+	for (int i = 0; i < n; i++) {
+		const struct egd_lpm_key *k = &deny[i];
+		int v4 = k->prefixlen >= 96 && !k->addr[0] && !k->addr[1] &&
+			 k->addr[2] == htonl(0x0000ffff);
+
+		inet_ntop(v4 ? AF_INET : AF_INET6, v4 ? (const void *)&k->addr[3] : k->addr, buf,
+			  sizeof(buf));
+		printf(" %s/%u", buf, v4 ? k->prefixlen - 96 : k->prefixlen);
+	}
+	printf("%s\n", n < 0 ? " (unreadable)" : "");
+	n = egd_bpf_loopback_ports(b, ports, EGD_LOOPBACK_PORTS_MAX_ENTRIES);
+	printf("loopback ports besides capture and DNS (agent phase):");
+	for (int i = 0; i < n; i++)
+		printf(" %u", ports[i]);
+	printf("%s\n", n < 0 ? " (unreadable)" : n == 0 ? " none" : "");
+}
+
 static int cmd_status(int argc, char **argv)
 {
 	const char *pin = pin_arg(argc, argv);
@@ -323,6 +350,7 @@ static int cmd_status(int argc, char **argv)
 		printf("listen port: %u\ndns port: %u\naccel: %s\ndaemon cgroup id: %llu\n",
 		       ntohs(c.listen_port), ntohs(c.dns_port), c.flags & EGD_CFG_ACCEL ? "on" : "off",
 		       (unsigned long long)c.daemon_cgroup_id);
+	print_kernel_lists(&b);
 	if (egd_bpf_counters(&b, k) == 0) {
 		printf("kernel counters:\n");
 		for (int i = 0; i < EGD_CNT_MAX; i++)

@@ -227,6 +227,11 @@ in_resolv() {
 	! served port=123
 	! grep -q "$META4\|$EXTRA4" "$T/audit.log"
 	[ "$(counter deny_cidr_refused)" -ge 26 ]
+	# egressd status shows the set the kernel holds, defaults and addition.
+	"$EGRESSD" status --pin "$PIN" | grep '^always-deny' >"$T/deny.txt"
+	grep -qw "$EXTRA4/32" "$T/deny.txt"
+	grep -qw "169.254.0.0/16" "$T/deny.txt"
+	grep -qw "fd00:ec2::254/128" "$T/deny.txt"
 }
 
 @test "sockets other than TCP and UDP are refused in both phases" {
@@ -333,6 +338,7 @@ in_resolv() {
 	run agent python3 "$FIX/client.py" tcp 127.0.0.1 15443 'GET / HTTP/1.1\r\nHost: example.com\r\n\r\n'
 	[ "$output" != EPERM ]
 	[ "$(counter loopback_port_refused)" -ge 6 ]
+	"$EGRESSD" status --pin "$PIN" | grep '^loopback ports' | grep -qw 9997
 	# The verification phase does not limit loopback.
 	flip_to_verification
 	run agent python3 "$FIX/client.py" tcp 127.0.0.1 9999

@@ -608,3 +608,29 @@ int egd_bpf_loopback_allow(struct egd_bpf *b, uint16_t port)
 		return -EINVAL;
 	return bpf_map_update_elem(b->loopback_fd, &port, &one, BPF_ANY) ? -errno : 0;
 }
+
+/* Every key of the map behind @fd (key size @ksz) into @out, at most @max. */
+static int map_keys(int fd, void *out, size_t ksz, size_t max)
+{
+	char *o = out;
+	size_t n = 0;
+	void *prev = NULL;
+
+	while (n < max && bpf_map_get_next_key(fd, prev, o + n * ksz) == 0) {
+		prev = o + n * ksz;
+		n++;
+	}
+	if (n < max && errno != ENOENT)
+		return -errno;
+	return (int)n;
+}
+
+int egd_bpf_deny_list(struct egd_bpf *b, struct egd_lpm_key *out, size_t max)
+{
+	return map_keys(b->deny_fd, out, sizeof(*out), max);
+}
+
+int egd_bpf_loopback_ports(struct egd_bpf *b, uint16_t *out, size_t max)
+{
+	return map_keys(b->loopback_fd, out, sizeof(*out), max);
+}

@@ -78,6 +78,12 @@ int egd_bpf_icaddr_put(struct egd_bpf *b, const struct egd_ip *ip, uint64_t expi
  * as a listener of the daemon (the policy proxy's). 0 or -errno. */
 int egd_bpf_loopback_allow(struct egd_bpf *b, uint16_t port);
 
+/* What attach (and the daemon) wrote in the always-deny set and the loopback
+ * ports, for egressd status: at most @max, in the maps' order. Count or
+ * -errno. */
+int egd_bpf_deny_list(struct egd_bpf *b, struct egd_lpm_key *out, size_t max);
+int egd_bpf_loopback_ports(struct egd_bpf *b, uint16_t *out, size_t max);
+
 const char *egd_counter_name(enum egd_counter c);
 
 /* Make sure @pin_dir can live on a bpffs: mounts /sys/fs/bpf if it is the
