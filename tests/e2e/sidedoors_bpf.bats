@@ -339,6 +339,7 @@ in_resolv() {
 	[ "$output" != EPERM ]
 	[ "$(counter loopback_port_refused)" -ge 6 ]
 	"$EGRESSD" status --pin "$PIN" | grep '^loopback ports' | grep -qw 9997
+	wait_for 3 audit_has event=kernel phase=agent counter=loopback_port_refused
 	# The verification phase does not limit loopback.
 	flip_to_verification
 	run agent python3 "$FIX/client.py" tcp 127.0.0.1 9999
@@ -440,6 +441,8 @@ except OSError as e:
 	! served kind=udp port=5353 data=after-relock
 	! reached dst=$SRV4 dport=5353
 	[ "$(counter backstop_dropped)" -ge 1 ]
+	# The daemon turns the kernel's drops into an audit line.
+	wait_for 3 audit_has event=kernel phase=agent counter=backstop_dropped
 }
 
 # icaddr_put ADDR SECONDS: the policy DNS's record that ADDR was answered for

@@ -100,11 +100,39 @@ static void test_strings_needing_escapes_stay_valid_json(void **state)
 	free(line);
 }
 
+/* The kernel's refusals: one valid JSON line with the counter and count. */
+static void test_kernel_line(void **state)
+{
+	FILE *f = tmpfile();
+	char *line = NULL;
+	size_t cap = 0;
+	json_t *o;
+
+	(void)state;
+	assert_non_null(f);
+	egd_audit_set_stream(f);
+	egd_audit_kernel(EGD_PHASE_AGENT, "backstop_dropped", 12);
+	egd_audit_flush();
+	rewind(f);
+	assert_true(getline(&line, &cap, f) > 0);
+	fclose(f);
+	o = json_loads(line, 0, NULL);
+	assert_non_null(o);
+	assert_string_equal(json_string_value(json_object_get(o, "event")), "kernel");
+	assert_string_equal(json_string_value(json_object_get(o, "phase")), "agent");
+	assert_string_equal(json_string_value(json_object_get(o, "counter")), "backstop_dropped");
+	assert_int_equal(json_integer_value(json_object_get(o, "count")), 12);
+	assert_non_null(json_string_value(json_object_get(o, "ts")));
+	json_decref(o);
+	free(line);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test(test_fast_line_is_what_jansson_writes),
 		cmocka_unit_test(test_strings_needing_escapes_stay_valid_json),
+		cmocka_unit_test(test_kernel_line),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);

@@ -273,6 +273,45 @@ static int exempt_self(struct egd_daemon *d)
 }
 
 /*
+ * The kernel refuses and drops without the daemon seeing it; these counters
+ * say so in the audit log. A line per packet would let an agent flood the
+ * log as fast as it can send: one line per counter that moved, once every
+ * EGD_KERNEL_AUDIT_MS, bounds it at a handful of lines a second.
+ */
+#define EGD_KERNEL_AUDIT_MS 1000
+
+static const enum egd_counter kernel_refusals[] = {
+	EGD_CNT_UDP_DENIED,	   EGD_CNT_SOCK_DENIED,	      EGD_CNT_OTHER_DENIED,
+	EGD_CNT_DENY_CIDR,	   EGD_CNT_LOOPBACK_DENIED,   EGD_CNT_SOCKOPT_DENIED,
+	EGD_CNT_UDP_INTERCEPT_DENIED, EGD_CNT_BACKSTOP_DROPPED, EGD_CNT_ORIG_RECORD_FAILED,
+};
+
+static void kernel_audit(struct egd_daemon *d, int report)
+{
+	enum egd_phase p = __atomic_load_n(&d->phase, __ATOMIC_RELAXED);
+	uint64_t k[EGD_CNT_MAX];
+
+	if (egd_bpf_counters(&d->bpf, k))
+		return;
+	for (size_t i = 0; i < sizeof(kernel_refusals) / sizeof(kernel_refusals[0]); i++) {
+		enum egd_counter c = kernel_refusals[i];
+
+		if (report && k[c] > d->kernel_seen[c])
+			egd_audit_kernel(p, egd_counter_name(c), k[c] - d->kernel_seen[c]);
+		d->kernel_seen[c] = k[c];
+	}
+}
+
+static void on_kernel_audit(struct egd_timer *t)
+{
+	struct egd_daemon *d =
+		(struct egd_daemon *)((char *)t - offsetof(struct egd_daemon, kernel_audit));
+
+	kernel_audit(d, 1);
+	egd_timer_arm(d->loop, t, egd_now_ms() + EGD_KERNEL_AUDIT_MS);
+}
+
+/*
  * The policy proxy's plain-HTTP listener is one of the daemon's loopback
  * ports the agent may reach in the agent phase. attach allowed the port it
  * was told; the daemon allows the one it listens on, which may differ.
@@ -312,9 +351,14 @@ static int setup_bpf(struct egd_daemon *d)
 	c.listen_port = htons(d->cfg.listen_port);
 	c.daemon_cgroup_id = d->self_cgroup_id;
 	err = egd_bpf_set_config(&d->bpf, &c);
+	if (!err)
+		err = allow_proxy_port(d);
 	if (err)
 		return err;
-	return allow_proxy_port(d);
+	/* Refusals from before this daemon are not its to report. */
+	kernel_audit(d, 0);
+	d->kernel_audit.cb = on_kernel_audit;
+	return egd_timer_arm(d->loop, &d->kernel_audit, egd_now_ms() + EGD_KERNEL_AUDIT_MS);
 }
 
 /* How often the installed nftables ruleset is read back and compared, on

@@ -89,6 +89,10 @@ struct egd_daemon {
 	struct egd_timer nft_check;
 	struct egd_watch nft_monitor;
 	struct egd_timer phase_poll;
+	/* BPF mode: the kernel's refusals, read every EGD_KERNEL_AUDIT_MS and
+	 * turned into one audit line per counter that moved. */
+	struct egd_timer kernel_audit;
+	uint64_t kernel_seen[EGD_CNT_MAX];
 	int inotify_wd;
 	/* The sentinel's directory as checked at start: a directory found
 	 * there later under another identity was swapped in, not trusted. */
@@ -181,6 +185,9 @@ struct egd_audit_dns {
 	const char *rcode;   /* "NOERROR", "REFUSED", ... */
 };
 void egd_audit_dns(const struct egd_audit_dns *r);
+/* One line for @count more refusals (or drops) of the kernel's @counter:
+ * event "kernel", with phase, counter and count. */
+void egd_audit_kernel(enum egd_phase phase, const char *counter, uint64_t count);
 /* Audit lines are buffered per thread and written once per loop turn, whole
  * lines only; this writes the calling thread's. */
 void egd_audit_flush(void);
