@@ -111,7 +111,7 @@ static const struct opt opts[] = {
 	  "decision lines go here instead of stdout" },
 	{ "resolvers", "EGRESSD_RESOLVERS", "nameservers of /etc/resolv.conf", OPT_IPLIST, 0, 0, 0,
 	  "DNS servers the daemon itself asks (the policy DNS's lookups and forwarding), comma "
-	  "list; BPF mode and exec: also allowed to the agent until the kernel redirects DNS" },
+	  "list; never an allowlist for the agent, whose DNS all goes to the policy DNS" },
 	{ "deny-cidrs", "EGRESSD_DENY_CIDRS", "", OPT_CIDRLIST, 0, 0, 0,
 	  "CIDRs the agent never reaches, in both phases, added to the built-in "
 	  "169.254.0.0/16, fe80::/10, fd00:ec2::254/128, 100.100.100.200/32, 0.0.0.0/8, "
