@@ -348,8 +348,8 @@ static int cmd_status(int argc, char **argv)
 		printf("phase: %s\n", egd_phase_name(p));
 	if (egd_bpf_get_config(&b, &c) == 0)
 		printf("listen port: %u\ndns port: %u\naccel: %s\ndaemon cgroup id: %llu\n",
-		       ntohs(c.listen_port), ntohs(c.dns_port), c.flags & EGD_CFG_ACCEL ? "on" : "off",
-		       (unsigned long long)c.daemon_cgroup_id);
+		       ntohs(c.listen_port), ntohs(c.dns_port),
+		       c.flags & EGD_CFG_ACCEL ? "on" : "off", (unsigned long long)c.daemon_cgroup_id);
 	print_kernel_lists(&b);
 	if (egd_bpf_counters(&b, k) == 0) {
 		printf("kernel counters:\n");

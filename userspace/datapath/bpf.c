@@ -173,10 +173,12 @@ static int attach_cgroup_progs(struct egressd *skel, int cg_fd, const char *pin_
 			       int backstop_only)
 {
 	struct bpf_program *progs[] = {
-		skel->progs.egd_backstop,     skel->progs.egd_sock_create,  skel->progs.egd_setsockopt,
-		skel->progs.egd_connect4,     skel->progs.egd_connect6,	    skel->progs.egd_sendmsg4,
-		skel->progs.egd_sendmsg6,     skel->progs.egd_recvmsg4,	    skel->progs.egd_recvmsg6,
-		skel->progs.egd_getpeername4, skel->progs.egd_getpeername6, skel->progs.egd_sockops,
+		skel->progs.egd_backstop,     skel->progs.egd_sock_create,
+		skel->progs.egd_setsockopt,   skel->progs.egd_connect4,
+		skel->progs.egd_connect6,     skel->progs.egd_sendmsg4,
+		skel->progs.egd_sendmsg6,     skel->progs.egd_recvmsg4,
+		skel->progs.egd_recvmsg6,     skel->progs.egd_getpeername4,
+		skel->progs.egd_getpeername6, skel->progs.egd_sockops,
 	};
 	size_t n = backstop_only ? 1 : sizeof(progs) / sizeof(progs[0]);
 	char path[PATH_MAX];
