@@ -120,7 +120,8 @@ static int kernel_settings(struct egd_attach_opts *o, struct kernel_lists *l, co
 	o->loopback_ports = l->ports;
 	o->n_loopback_ports = (size_t)n;
 #ifdef EGD_TEST_SWITCHES
-	/* The e2e test of the backstop alone; compiled out of release builds. */
+	/* The e2e test of the backstop alone; not in builds with EGD_TEST_SWITCHES off
+	 * (the Docker image). */
 	o->backstop_only = getenv("EGRESSD_TEST_BACKSTOP_ONLY") &&
 			   strcmp(getenv("EGRESSD_TEST_BACKSTOP_ONLY"), "1") == 0;
 #endif
