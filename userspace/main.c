@@ -94,18 +94,21 @@ static int kernel_settings(struct egd_attach_opts *o, struct kernel_lists *l, co
 	n = egd_deny_cidrs(deny, l->deny, EGD_DENY_MAX_ENTRIES);
 	if (n < 0) {
 		egd_err("bad EGRESSD_DENY_CIDRS \"%s\": expected ADDR/LEN prefixes, comma "
-			"separated (at most %d with the defaults)",
-			deny, EGD_DENY_MAX_ENTRIES);
+			"separated (at most %d)",
+			deny, EGD_NFT_DENY_MAX);
 		return -EINVAL;
 	}
 	o->deny = l->deny;
 	o->n_deny = (size_t)n;
-	/* One slot stays free for the policy proxy's port. */
-	n = egd_parse_port_list(loopback, l->ports, EGD_LOOPBACK_PORTS_MAX_ENTRIES - 1);
+	/* The same limit as nft mode's; the map keeps room for the policy
+	 * proxy's port. */
+	_Static_assert(EGD_NFT_LOOPBACK_ALLOW_MAX < EGD_LOOPBACK_PORTS_MAX_ENTRIES,
+		       "loopback port map too small");
+	n = egd_parse_port_list(loopback, l->ports, EGD_NFT_LOOPBACK_ALLOW_MAX);
 	if (n < 0) {
 		egd_err("bad EGRESSD_LOOPBACK_ALLOW \"%s\": expected ports, comma separated (at "
 			"most %d)",
-			loopback, EGD_LOOPBACK_PORTS_MAX_ENTRIES - 1);
+			loopback, EGD_NFT_LOOPBACK_ALLOW_MAX);
 		return -EINVAL;
 	}
 	if (!proxy_http)

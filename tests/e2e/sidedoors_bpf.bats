@@ -51,7 +51,8 @@ sd_setup() { # sd_setup [attach flags...]: no daemon
 
 dns_standin() {
 	: >"$T/dns.log"
-	exempt python3 "$FIX/dns_standin.py" --listen 127.0.0.1:15053 --listen "[::1]:15053" \
+	exempt python3 "$FIX/dns_standin.py" --answer 192.0.2.77 \
+		--listen 127.0.0.1:15053 --listen "[::1]:15053" \
 		--log "$T/dns.log" --ready "$T/dns.ready" >"$T/dns.out" 2>&1 3>&- &
 	wait_for 10 test -e "$T/dns.ready"
 }
@@ -121,7 +122,7 @@ counter() { # counter NAME: the kernel counter from egressd status
 	[ "$output" = "answer=192.0.2.77 from=$SRV4:53 peer=$SRV4:53" ]
 	run agent python3 "$SD" dns-udp $SRV6 53 connected
 	[ "$output" = "answer=192.0.2.77 from=$SRV6:53 peer=$SRV6:53" ]
-	[ "$(grep -c '"proto": "udp"' "$T/dns.log")" -eq 8 ]
+	[ "$(grep -c '"transport": "udp"' "$T/dns.log")" -eq 8 ]
 	! reached dport=53
 	! served port=53
 	[ "$(counter dns_reply_restored)" -ge 8 ]
@@ -139,7 +140,7 @@ counter() { # counter NAME: the kernel counter from egressd status
 	[ "$output" = 192.0.2.77 ]
 	run agent dig +tcp +short +tries=1 +time=2 @$SRV4 probe.example A
 	[ "$output" = 192.0.2.77 ]
-	grep -q '"proto": "tcp"' "$T/dns.log"
+	grep -q '"transport": "tcp"' "$T/dns.log"
 	! reached dport=53
 	! served port=53
 }
@@ -188,7 +189,7 @@ in_resolv() {
 		echo "$dst: $output"
 		[ "$output" = "answer=192.0.2.77 peer=$dst:53" ]
 	done
-	[ "$(grep -c '"proto": "tcp"' "$T/dns.log")" -eq 3 ]
+	[ "$(grep -c '"transport": "tcp"' "$T/dns.log")" -eq 3 ]
 	! reached dport=53
 	! served port=53
 	[ "$(counter dns_redirected)" -ge 3 ]

@@ -2,7 +2,8 @@
 /*
  * The kernel side's lists: always-deny prefixes (v4 kept v4-mapped, so one
  * trie answers for v4, v6 and v4-mapped destinations), the defaults always
- * first, loopback port lists and the policy DNS port, each bad form refused.
+ * first, loopback port lists and the policy DNS port. The list grammar is
+ * nft mode's (test_nft covers it); these check what the BPF side makes of it.
  */
 #include <arpa/inet.h>
 #include <errno.h>
@@ -45,14 +46,17 @@ static void test_cidr_forms(void **state)
 	assert_int_equal(egd_parse_cidr_list(NULL, k, 4), 0);
 	assert_int_equal(egd_parse_cidr_list("0.0.0.0/0", k, 4), 1);
 	assert_int_equal(k[0].prefixlen, 96);
+	/* Written v4-mapped, a v4 prefix is the same key. */
+	assert_int_equal(egd_parse_cidr_list("::ffff:10.0.0.0/104", k, 4), 1);
+	assert_v4_key(&k[0], "10.0.0.0", 8);
 }
 
+/* The grammar is nft mode's (egd_nft_parse_cidrs): a bad item is refused
+ * here as it is there, and the count limit holds. */
 static void test_cidr_bad_forms_refused(void **state)
 {
 	static const char *const bad[] = {
-		"10.0.0.0/33", "fe80::/129", "10.0.0.0/", "10.0.0.0/+8", "10.0.0.0/8x",
-		"10.0.0.256",  "host.example", "10.0.0.0/8,,10.1.0.0/16", ",", "10.0.0.0/-1",
-		"::ffff:zz/96",
+		"10.0.0.0/33", "fe80::/129", "10.0.0.256", "host.example", "10.0.0.1/8",
 	};
 	struct egd_lpm_key k[4];
 
@@ -98,9 +102,6 @@ static void test_port_lists(void **state)
 	assert_int_equal(p[2], 65535);
 	assert_int_equal(egd_parse_port_list("0", p, 3), -EINVAL);
 	assert_int_equal(egd_parse_port_list("65536", p, 3), -EINVAL);
-	assert_int_equal(egd_parse_port_list("+80", p, 3), -EINVAL);
-	assert_int_equal(egd_parse_port_list("80,", p, 3), 1); /* a trailing comma ends the list */
-	assert_int_equal(egd_parse_port_list("80,,81", p, 3), -EINVAL);
 	assert_int_equal(egd_parse_port_list("http", p, 3), -EINVAL);
 	assert_int_equal(egd_parse_port_list("1,2,3,4", p, 3), -E2BIG);
 }

@@ -2,6 +2,7 @@
 /* Parsers of the kernel side's lists; see rules.h. */
 #include "datapath/rules.h"
 #include "core/config.h"
+#include "datapath/nft.h"
 
 #include <arpa/inet.h>
 #include <ctype.h>
@@ -10,8 +11,51 @@
 #include <stdlib.h>
 #include <string.h>
 
-/* Longest item worth reading: a full IPv6 address and "/128". */
-#define ITEM_MAX_CHARS (INET6_ADDRSTRLEN + 4)
+/*
+ * The lists are parsed by nft mode's parsers, so that one setting has one
+ * grammar and one limit in both modes (and in the settings check at start);
+ * here they only become the BPF maps' keys.
+ */
+int egd_parse_cidr_list(const char *s, struct egd_lpm_key *out, size_t max)
+{
+	struct egd_nft_cidr c[EGD_NFT_DENY_MAX];
+	int n;
+
+	if (!s)
+		return 0;
+	n = egd_nft_parse_cidrs(s, c, EGD_NFT_DENY_MAX);
+	if (n < 0)
+		return n;
+	if ((size_t)n > max)
+		return -E2BIG;
+	for (int i = 0; i < n; i++) {
+		memset(&out[i], 0, sizeof(out[i]));
+		if (c[i].family == AF_INET) {
+			out[i].addr[2] = htonl(0x0000ffff);
+			memcpy(&out[i].addr[3], c[i].addr, 4);
+			out[i].prefixlen = 96u + c[i].prefix;
+		} else {
+			memcpy(out[i].addr, c[i].addr, 16);
+			out[i].prefixlen = c[i].prefix;
+		}
+	}
+	return n;
+}
+
+int egd_deny_cidrs(const char *extra, struct egd_lpm_key *out, size_t max)
+{
+	int n = egd_parse_cidr_list(EGD_NFT_DENY_DEFAULT, out, max), m;
+
+	if (n < 0)
+		return n;
+	m = egd_parse_cidr_list(extra, out + n, max - (size_t)n);
+	return m < 0 ? m : n + m;
+}
+
+int egd_parse_port_list(const char *s, uint16_t *out, size_t max)
+{
+	return s ? egd_nft_parse_ports(s, out, (int)max) : 0;
+}
 
 /* Copy the next comma-separated item of *s, blanks trimmed, into @buf and
  * advance *s past its comma. -EINVAL when it is empty or too long. */
@@ -35,87 +79,6 @@ static int next_item(const char **s, char *buf, size_t len)
 	return 0;
 }
 
-static int parse_cidr(char *item, struct egd_lpm_key *k)
-{
-	char *slash = strchr(item, '/'), *end;
-	unsigned long len;
-	int v6 = strchr(item, ':') != NULL;
-
-	memset(k, 0, sizeof(*k));
-	if (slash)
-		*slash = '\0';
-	if (v6) {
-		if (inet_pton(AF_INET6, item, k->addr) != 1)
-			return -EINVAL;
-	} else {
-		k->addr[2] = htonl(0x0000ffff);
-		if (inet_pton(AF_INET, item, &k->addr[3]) != 1)
-			return -EINVAL;
-	}
-	len = v6 ? 128 : 32;
-	if (slash) {
-		if (!isdigit((unsigned char)slash[1]))
-			return -EINVAL;
-		errno = 0;
-		len = strtoul(slash + 1, &end, 10);
-		if (errno || *end || len > (v6 ? 128u : 32u))
-			return -EINVAL;
-	}
-	k->prefixlen = (__u32)len + (v6 ? 0 : 96);
-	return 0;
-}
-
-int egd_parse_cidr_list(const char *s, struct egd_lpm_key *out, size_t max)
-{
-	char item[ITEM_MAX_CHARS];
-	size_t n = 0;
-
-	if (!s || !*s)
-		return 0;
-	while (*s) {
-		if (next_item(&s, item, sizeof(item)))
-			return -EINVAL;
-		if (n == max)
-			return -E2BIG;
-		if (parse_cidr(item, &out[n]))
-			return -EINVAL;
-		n++;
-	}
-	return (int)n;
-}
-
-int egd_deny_cidrs(const char *extra, struct egd_lpm_key *out, size_t max)
-{
-	int n = egd_parse_cidr_list(EGD_DENY_CIDRS_DEFAULT, out, max), m;
-
-	if (n < 0)
-		return n;
-	m = egd_parse_cidr_list(extra, out + n, max - (size_t)n);
-	return m < 0 ? m : n + m;
-}
-
-int egd_parse_port_list(const char *s, uint16_t *out, size_t max)
-{
-	char item[ITEM_MAX_CHARS], *end;
-	unsigned long port;
-	size_t n = 0;
-
-	if (!s)
-		return 0;
-	while (*s) {
-		if (next_item(&s, item, sizeof(item)) || !isdigit((unsigned char)item[0]))
-			return -EINVAL;
-		errno = 0;
-		port = strtoul(item, &end, 10);
-		if (errno || *end || port == 0 || port > 65535)
-			return -EINVAL;
-		if (n == max)
-			return -E2BIG;
-		out[n++] = (uint16_t)port;
-	}
-	return (int)n;
-}
-
 static int is_loopback(const struct egd_addr *a)
 {
 	if (a->family == EGD_AF_INET)
@@ -125,7 +88,7 @@ static int is_loopback(const struct egd_addr *a)
 
 int egd_dns_listen_port(const char *s, uint16_t *port)
 {
-	char item[ITEM_MAX_CHARS + 8];
+	char item[INET6_ADDRSTRLEN + 8]; /* "[v6]:port" */
 	struct egd_addr a;
 
 	*port = 0;

@@ -15,28 +15,22 @@
 #include "egressd.h"
 
 /*
- * Always refused, in both phases, whatever EGRESSD_DENY_CIDRS says (it adds
- * to these, it never replaces them): link-local and the cloud metadata
- * services (AWS IMDS v4 at 169.254.169.254 and v6 at fd00:ec2::254, Alibaba
- * 100.100.100.200), "this network", multicast and broadcast.
- */
-#define EGD_DENY_CIDRS_DEFAULT                                                                    \
-	"169.254.0.0/16,fe80::/10,fd00:ec2::254/128,100.100.100.200/32,0.0.0.0/8,224.0.0.0/4,"  \
-	"ff00::/8,255.255.255.255/32"
-
-/*
- * Parse a comma list of prefixes ("ADDR/LEN", or an address alone for a
- * host) into LPM keys, v4 as v4-mapped v6. Blanks around items are allowed,
- * empty items are not. Returns the count, -EINVAL on a bad item, -E2BIG
- * past @max.
+ * Parse a list of prefixes ("ADDR/LEN", or an address alone for a host), in
+ * the grammar and limit of nft mode's egd_nft_parse_cidrs(), into LPM keys,
+ * v4 as v4-mapped v6. Returns the count, -EINVAL on a bad item, -E2BIG past
+ * @max or EGD_NFT_DENY_MAX.
  */
 int egd_parse_cidr_list(const char *s, struct egd_lpm_key *out, size_t max);
 
-/* The defaults followed by @extra (NULL or "" for none). Count or -errno. */
+/* The always-deny defaults (EGD_NFT_DENY_DEFAULT, the one list both modes
+ * use: link-local, cloud metadata, "this network", multicast, broadcast)
+ * followed by @extra (NULL or "" for none): the operator's list adds, it
+ * never replaces. Count or -errno. */
 int egd_deny_cidrs(const char *extra, struct egd_lpm_key *out, size_t max);
 
-/* Parse a comma list of ports (1..65535) into @out, host order. Count,
- * -EINVAL or -E2BIG. An empty string is an empty list. */
+/* Parse a list of ports (1..65535) into @out, host order, as
+ * egd_nft_parse_ports() does. Count, -EINVAL or -E2BIG. NULL or "" is an
+ * empty list. */
 int egd_parse_port_list(const char *s, uint16_t *out, size_t max);
 
 /*
