@@ -716,6 +716,13 @@ static const char *nft_dns_resolvers(const char *given, char *buf, size_t len)
 	return NULL;
 }
 
+/* BPF mode: the kernel's intercept-address map, which refuses UDP (QUIC)
+ * to those addresses in both phases. */
+static int icaddr_to_bpf(void *arg, const struct egd_ip *ip, uint64_t expires_ns)
+{
+	return egd_bpf_icaddr_put(arg, ip, expires_ns);
+}
+
 /*
  * The policy DNS on worker 0's loop, in every capture mode: the kernel side
  * sends the agent's port-53 traffic to it. In BPF mode the kernel learns
@@ -747,6 +754,8 @@ static int start_dns(struct egd_daemon *d)
 	 * datapath: nft mode's set here; the BPF map in BPF mode. */
 	if (d->capture == EGD_CAPTURE_NFT)
 		egd_icaddr_set_sink(d->icaddr, icaddr_to_nft, NULL);
+	else
+		egd_icaddr_set_sink(d->icaddr, icaddr_to_bpf, &d->bpf);
 	dc.icaddr = d->icaddr;
 	if (d->capture == EGD_CAPTURE_BPF) {
 		dc.tcp_cgroup = dns_tcp_cgroup;
