@@ -1,12 +1,10 @@
 #!/usr/bin/env bats
 # SPDX-License-Identifier: MIT
 # The policy DNS: queries sent from the agent's cgroup, UDP and TCP, v4 and
-# v6: in BPF mode straight to the listener (127.0.0.1:15053, [::1]:15053),
-# in nft mode to port 53 of the fake resolver, which the ruleset sends to
-# the listener. The fake upstream resolver runs in the server namespace at
-# 198.51.100.1:53 and logs every query it receives, so "no query left the
-# machine" is a check on its log. (BPF mode's redirect of the agent's own
-# port-53 traffic to the listener is separate work.)
+# v6, to port 53 of the fake resolver, which the capture (the BPF hooks or
+# the nft ruleset) sends to the listener. The fake upstream resolver runs in
+# the server namespace at 198.51.100.1:53 and logs every query it receives,
+# so "no query left the machine" is a check on its log.
 
 load lib
 
@@ -59,15 +57,11 @@ teardown() {
 	egd_teardown
 }
 
-# Where the agent asks: in nft mode the ruleset sends every DNS packet, to
-# any address, to the policy DNS (and refuses direct dials to its port), so
-# the agent asks the fake resolver's own address, which its packets never
-# reach; in BPF mode, until the kernel redirects port 53, the listener.
-if [ "$MODE" = nft ]; then
-	DNS4=$SRV4 DNS6=$SRV6 DPORT=53
-else
-	DNS4=127.0.0.1 DNS6=::1 DPORT=15053
-fi
+# Where the agent asks: both capture modes send every DNS packet, to any
+# address, to the policy DNS (the ruleset, or the BPF connect and sendmsg
+# hooks, which also give the reply the address asked), so the agent asks
+# the fake resolver's own address, which its packets never reach.
+DNS4=$SRV4 DNS6=$SRV6 DPORT=53
 
 # ask [dig options...]: dig from the agent's cgroup
 ask() {
