@@ -314,6 +314,27 @@ PY
 	[ "$(metric egressd_dns_intercept_addresses)" -ge 1 ]
 }
 
+@test "BPF mode: UDP (QUIC) to an address the DNS gave for openrouter.ai is refused in the kernel" {
+	bpf_only "nft.bats covers the ruleset's intercept-address set"
+	flip_to_verification
+	# The control: before the agent asked, UDP to that address leaves.
+	run agent python3 "$FIX/client.py" udp $SRV4 443
+	[ "$output" = sent-no-reply ]
+	run ask @$DNS4 openrouter.ai A +short
+	[[ "$output" == *"$SRV4"* ]]
+	run ask @$DNS6 openrouter.ai AAAA +short
+	[[ "$output" == *"$SRV6"* ]]
+	# The policy DNS put both addresses in the kernel's map.
+	for dst in $SRV4 ::ffff:$SRV4 $SRV6; do
+		run agent python3 "$FIX/client.py" udp $dst 443
+		echo "$dst: $output"
+		[ "$output" = EPERM ]
+		run agent python3 "$FIX/client.py" udp-connected $dst 443
+		[ "$output" = EPERM ]
+	done
+	"$EGRESSD" status --pin "$PIN" | awk '$1 == "udp_intercept_refused" { exit !($2 >= 6) }'
+}
+
 @test "verification phase: openrouter.ai's address under another name (CNAME) is policed too" {
 	flip_to_verification
 	run ask @$DNS4 alias.example A +noall +answer
