@@ -126,12 +126,12 @@ enum egd_counter {
 	EGD_CNT_SOCK_DENIED,
 	EGD_CNT_OTHER_DENIED,
 	EGD_CNT_ORIG_RECORD_FAILED,
-	EGD_CNT_DNS_REPLY_RESTORED, /* a DNS reply's source set back for the agent */
-	EGD_CNT_DENY_CIDR,	    /* always-deny destination refused */
-	EGD_CNT_LOOPBACK_DENIED,    /* loopback port outside the allowed set */
-	EGD_CNT_SOCKOPT_DENIED,	    /* routing header or IP options refused */
+	EGD_CNT_DNS_REPLY_RESTORED,   /* a DNS reply's source set back for the agent */
+	EGD_CNT_DENY_CIDR,	      /* always-deny destination refused */
+	EGD_CNT_LOOPBACK_DENIED,      /* loopback port outside the allowed set */
+	EGD_CNT_SOCKOPT_DENIED,	      /* routing header or IP options refused */
 	EGD_CNT_UDP_INTERCEPT_DENIED, /* UDP (QUIC) to an intercept address */
-	EGD_CNT_BACKSTOP_DROPPED,   /* packet for a non-loopback address dropped */
+	EGD_CNT_BACKSTOP_DROPPED,     /* packet for a non-loopback address dropped */
 	EGD_CNT_MAX,
 };
 

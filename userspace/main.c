@@ -44,26 +44,26 @@
 
 static void usage(FILE *out)
 {
-	fprintf(out,
-		"egressd " EGD_VERSION " - egress enforcement for agent sandboxes\n\n"
-		"usage:\n"
-		"  egressd attach --cgroup PATH [--exempt-cgroup PATH]... [--pin DIR]\n"
-		"                 [--accel on|off] [--dns-listen ADDR:PORT,...]\n"
-		"                 [--deny-cidrs CIDR,...] [--loopback-allow PORT,...]\n"
-		"  egressd detach [--pin DIR]\n"
-		"  egressd run [SETTINGS]\n"
-		"  egressd exec [--phase agent|verification] [SETTINGS] -- CMD [ARG]...\n"
-		"  egressd phase [--pin DIR]\n"
-		"  egressd status [--pin DIR]\n"
-		"  egressd nft-remove        remove the nftables fallback ruleset\n"
-		"  egressd router [ROUTER SETTINGS]   the sandboxes' ingress router\n\n"
-		"settings (flag, environment variable, [default]):\n");
+	fprintf(out, "egressd " EGD_VERSION " - egress enforcement for agent sandboxes\n\n"
+		     "usage:\n"
+		     "  egressd attach --cgroup PATH [--exempt-cgroup PATH]... [--pin DIR]\n"
+		     "                 [--accel on|off] [--dns-listen ADDR:PORT,...]\n"
+		     "                 [--deny-cidrs CIDR,...] [--loopback-allow PORT,...]\n"
+		     "  egressd detach [--pin DIR]\n"
+		     "  egressd run [SETTINGS]\n"
+		     "  egressd exec [--phase agent|verification] [SETTINGS] -- CMD [ARG]...\n"
+		     "  egressd phase [--pin DIR]\n"
+		     "  egressd status [--pin DIR]\n"
+		     "  egressd nft-remove        remove the nftables fallback ruleset\n"
+		     "  egressd router [ROUTER SETTINGS]   the sandboxes' ingress router\n\n"
+		     "settings (flag, environment variable, [default]):\n");
 	egd_config_usage(out);
 	fprintf(out, "\nrouter settings (flag, environment variable, [default]):\n");
 	egd_router_config_usage(out);
-	fprintf(out, "\nattach reads EGRESSD_DNS_LISTEN (the policy DNS port the kernel sends all "
-		     "DNS to, default %d), EGRESSD_DENY_CIDRS, EGRESSD_LOOPBACK_ALLOW and "
-		     "EGRESSD_PROXY_HTTP_LISTEN (its port is reachable on loopback).\n",
+	fprintf(out,
+		"\nattach reads EGRESSD_DNS_LISTEN (the policy DNS port the kernel sends all "
+		"DNS to, default %d), EGRESSD_DENY_CIDRS, EGRESSD_LOOPBACK_ALLOW and "
+		"EGRESSD_PROXY_HTTP_LISTEN (its port is reachable on loopback).\n",
 		EGD_DEFAULT_DNS_PORT);
 }
 
@@ -353,7 +353,8 @@ static int cmd_status(int argc, char **argv)
 	if (egd_bpf_get_config(&b, &c) == 0)
 		printf("listen port: %u\ndns port: %u\naccel: %s\ndaemon cgroup id: %llu\n",
 		       ntohs(c.listen_port), ntohs(c.dns_port),
-		       c.flags & EGD_CFG_ACCEL ? "on" : "off", (unsigned long long)c.daemon_cgroup_id);
+		       c.flags & EGD_CFG_ACCEL ? "on" : "off",
+		       (unsigned long long)c.daemon_cgroup_id);
 	print_kernel_lists(&b);
 	if (egd_bpf_counters(&b, k) == 0) {
 		printf("kernel counters:\n");

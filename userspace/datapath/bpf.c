@@ -24,8 +24,8 @@
 #define BPF_FS_MAGIC_NUMBER 0xcafe4a11
 
 static const char *const map_names[] = {
-	"phase_map",	 "config_map", "exempt_map",	 "counters",  "orig_by_tuple",
-	"sockhash",	 "deny_map",	"loopback_ports", "icaddr_map",
+	"phase_map", "config_map", "exempt_map",     "counters",   "orig_by_tuple",
+	"sockhash",  "deny_map",   "loopback_ports", "icaddr_map",
 };
 #define N_MAPS (sizeof(map_names) / sizeof(map_names[0]))
 
@@ -439,9 +439,12 @@ int egd_bpf_detach(const char *pin_dir)
 }
 
 /* The descriptors of @b, in the order of map_names. */
-#define MAP_FDS(b)                                                                                \
-	{ &(b)->phase_fd, &(b)->config_fd, &(b)->exempt_fd, &(b)->counters_fd, &(b)->orig_fd,     \
-	  &(b)->sockhash_fd, &(b)->deny_fd, &(b)->loopback_fd, &(b)->icaddr_fd }
+#define MAP_FDS(b)                                                                                 \
+	{                                                                                          \
+		&(b)->phase_fd, &(b)->config_fd, &(b)->exempt_fd, &(b)->counters_fd,               \
+			&(b)->orig_fd, &(b)->sockhash_fd, &(b)->deny_fd, &(b)->loopback_fd,        \
+			&(b)->icaddr_fd                                                            \
+	}
 
 void egd_bpf_init(struct egd_bpf *b)
 {

@@ -27,7 +27,7 @@ struct egd_attach_opts {
 	uint16_t dns_port;		 /* policy DNS port, host order; 0: default */
 	const struct egd_lpm_key *deny;	 /* always-deny prefixes (egd_deny_cidrs) */
 	size_t n_deny;
-	const uint16_t *loopback_ports;	 /* extra loopback ports, host order */
+	const uint16_t *loopback_ports; /* extra loopback ports, host order */
 	size_t n_loopback_ports;
 	/* Test builds only (EGD_TEST_SWITCHES): attach the packet backstop and
 	 * none of the socket hooks, to show what the backstop stops alone. */
