@@ -73,11 +73,11 @@ if [ "${SKIP_E2E:-0}" != 1 ]; then
 		echo "the e2e suite needs root (namespaces, cgroups, BPF); run as root" >&2
 		exit 1
 	fi
-	# The capture suites and the policy DNS once more with the nftables
-	# datapath; the rest of the suite runs once below.
+	# The capture suites, the policy DNS and the bypass suite once more
+	# with the nftables datapath; the rest of the suite runs once below.
 	echo "--- capture in nft mode"
 	EGD_E2E_MODE=nft bats --formatter tap --timing tests/e2e/capture.bats tests/e2e/tunnel.bats \
-		tests/e2e/dns.bats
+		tests/e2e/dns.bats tests/e2e/bypass.bats
 	if [ "${SKIP_TSAN:-0}" != 1 ]; then
 		# The proxy's workers share one ledger, and the other workers
 		# hand connections to them (proxy.bats runs a proxy on every

@@ -403,8 +403,7 @@ metadata_refused() {
 	for chunk in 5 40 100; do
 		run agent python3 "$BP" split-hello $OTHER 443 example.com $chunk
 		echo "$chunk: $output"
-		[ "$output" = alert ] || [ "$output" = eof ] || [ "$output" = ECONNRESET ] ||
-			[ "$output" = EPIPE ]
+		[ "$output" = alert ] # the access_denied alert
 	done
 	# Split, the hello for the intercept host is reassembled and reaches
 	# the intercept upstream, not the address dialled.
@@ -530,8 +529,9 @@ metadata_refused() {
 	touch "$T/go"
 	wait $pid
 	cat "$T/relock.out"
-	[ "$(cut -d' ' -f1 "$T/relock.out")" = reply ]
-	[ "$(cut -d' ' -f2 "$T/relock.out")" != reply ]
+	# It was answered before; after the re-lock its send fails (the
+	# backstop's drop in BPF mode, the ruleset's reject in nft mode).
+	[ "$(cat "$T/relock.out")" = "reply EPERM" ]
 	nothing_reached
 }
 
