@@ -84,6 +84,9 @@ in_host_pid_ns() {
 
 @test "a sentinel in a directory swapped in after start is ignored" {
 	egd_setup
+	# The capture port opens before the policy proxy has written its CA
+	# into $T: wait until the daemon is wholly up before moving $T away.
+	wait_for 30 proxy_ready
 	mkdir "$T/swap"
 	# The test's directory replaced by another of the same name.
 	mv "$T" "$T.orig" 2>/dev/null || skip "the test directory cannot be renamed here"
